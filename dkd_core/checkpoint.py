@@ -1,0 +1,123 @@
+"""Self-describing model checkpoints: `model.safetensors` + `meta.json` in one folder.
+
+The metadata names the architecture (enough to rebuild the model), and may
+carry the task, the step, the label -> channel table, the resolved config and
+metrics. It holds the payload's sha256 and size and is written last, so a
+reader that finds `meta.json` finds a complete payload; the checksum is
+verified on every load. Both files are written atomically (temporary file,
+fsync, rename), so an interrupted write never leaves a half-written file
+under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dkd_core.errors import DKDError
+from dkd_core.model import DeepLabV3
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through `write(tmp_path)` then rename over `path`; never leaves a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_checkpoint(directory: str | Path, model: DeepLabV3, meta: dict[str, Any]) -> Path:
+    """Write the model's weights, then its metadata (with checksum) last. Returns the folder."""
+    directory = Path(directory)
+    weights_path = directory / WEIGHTS_FILE
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(weights_path, lambda p: save_file(tensors, str(p)))
+    full_meta = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "model": model.config(),
+        "weights": {
+            "file": WEIGHTS_FILE,
+            "sha256": sha256_file(weights_path),
+            "bytes": weights_path.stat().st_size,
+        },
+    }
+    text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / META_FILE, lambda p: p.write_text(text))
+    return directory
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    meta_path = Path(directory) / META_FILE
+    if not meta_path.is_file():
+        raise DKDError(f"{meta_path} does not exist: {directory} is not a complete checkpoint")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DKDError(f"{meta_path}: not valid JSON ({e})") from e
+    for key in ("model", "weights"):
+        if key not in meta:
+            raise DKDError(f"{meta_path}: missing key {key!r}")
+    return meta
+
+
+def load_model_checkpoint(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[DeepLabV3, dict[str, Any]]:
+    """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights."""
+    directory = Path(directory)
+    meta = read_meta(directory)
+    weights_path = directory / meta["weights"]["file"]
+    if not weights_path.is_file():
+        raise DKDError(f"{weights_path} does not exist, but {directory / META_FILE} names it")
+    actual = sha256_file(weights_path)
+    if actual != meta["weights"]["sha256"]:
+        raise DKDError(
+            f"{weights_path}: checksum mismatch (sha256 {actual}, metadata says "
+            f"{meta['weights']['sha256']}); the file is corrupt or was replaced"
+        )
+    arch = meta["model"]
+    try:
+        model = DeepLabV3(
+            classes_per_step=arch["classes_per_step"],
+            backbone=arch["backbone"],
+            output_stride=arch["output_stride"],
+            aspp_channels=arch["aspp_channels"],
+            dropout=arch["dropout"],
+        )
+    except KeyError as e:
+        raise DKDError(f"{directory / META_FILE}: model.{e.args[0]} is missing") from e
+    state = load_file(str(weights_path), device=str(map_location))
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise DKDError(
+            f"{weights_path}: weights do not fit the architecture in its metadata; "
+            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+        )
+    return model.to(map_location), meta
