@@ -1,0 +1,91 @@
+"""Our numbers against the authors' implementation, same weights and inputs (tests/golden/README.md)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.testing import assert_close
+
+from dkd_core.compat import load_reference_checkpoint, reference_key_to_ours
+from dkd_core.evaluate import SegmentationMetrics
+from dkd_core.losses import LossWeights, dkd_losses
+from dkd_core.model import predict_from_logits
+from dkd_core.tasks import get_task
+from tests.helpers import synthetic_weights
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    meta = json.loads((GOLDEN / "reference_outputs.json").read_text())
+    return meta, load_file(str(GOLDEN / "reference_outputs.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def run(golden):
+    """Our student and teacher on the authors' weights and inputs; loss backward done."""
+    meta, tensors = golden
+    shapes = {k: tuple(v) for k, v in meta["student_keys"].items()}
+    student_weights = synthetic_weights(shapes, meta["student_seed"])
+    teacher_shapes = {k: v for k, v in shapes.items() if not k.startswith("cls.3.")}
+    teacher_weights = synthetic_weights(teacher_shapes, meta["teacher_seed"])
+    # The student comes wrapped as a DDP checkpoint, as the authors' trainer saves it.
+    wrapped = {"state_dict": {"module." + k: v for k, v in student_weights.items()}}
+    student = load_reference_checkpoint(wrapped, meta["student_classes"]).eval()
+    teacher = load_reference_checkpoint(teacher_weights, meta["teacher_classes"]).eval()
+
+    images, labels = tensors["images"], tensors["labels"].long()
+    out = student(images, decompose=True)
+    with torch.no_grad():
+        teacher_out = teacher(images, decompose=True)
+    step = get_task("voc", "15-1").step(2)
+    losses = dkd_losses(out, teacher_out, labels, step, LossWeights(pos_weight=meta["pos_weight"]))
+    losses["total"].backward()
+    return student, out, teacher_out, losses
+
+
+def test_logits_and_decomposed_terms_match_the_authors(golden, run):
+    _, tensors = golden
+    _, out, teacher_out, _ = run
+    assert_close(out.logits, tensors["student.logits"], atol=1e-4, rtol=0)
+    assert_close(out.pos, tensors["student.pos"], atol=1e-4, rtol=0)
+    assert_close(out.neg, tensors["student.neg"], atol=1e-4, rtol=0)
+    assert_close(teacher_out.logits, tensors["teacher.logits"], atol=1e-4, rtol=0)
+    assert_close(teacher_out.pos, tensors["teacher.pos"], atol=1e-4, rtol=0)
+    assert_close(teacher_out.neg, tensors["teacher.neg"], atol=1e-4, rtol=0)
+
+
+def test_predictions_match_the_authors_inference_rule(golden, run):
+    _, tensors = golden
+    prediction = predict_from_logits(run[1].logits.detach())
+    assert torch.equal(prediction, tensors["prediction"].long())
+    assert prediction.unique().numel() > 2  # a meaningful comparison, not all background
+
+
+def test_loss_terms_match_the_authors(golden, run):
+    meta, _ = golden
+    losses = run[3]
+    assert set(losses) == set(meta["losses"])
+    for name, value in meta["losses"].items():
+        assert losses[name].item() == pytest.approx(value, rel=1e-5), name
+
+
+def test_gradients_match_the_authors(golden, run):
+    meta, tensors = golden
+    params = dict(run[0].named_parameters())
+    for key in meta["grad_keys"]:
+        expected = tensors["grad." + key]
+        grad = params[reference_key_to_ours(key)].grad.flatten()[: expected.numel()]
+        assert_close(grad, expected, atol=1e-4 * expected.abs().max().item(), rtol=0, msg=key)
+
+
+def test_metrics_match_the_authors_evaluator(golden):
+    meta, tensors = golden
+    metrics = SegmentationMetrics.for_test(get_task("voc", "15-1").step(5))
+    metrics.update(tensors["eval.prediction"].long(), tensors["eval.target"].long())
+    report = metrics.compute().to_dict()
+    for name, value in meta["eval"].items():
+        assert report[name] == pytest.approx(value, abs=1e-4), name
