@@ -25,6 +25,7 @@ from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3
 
 WEIGHTS_FILE = "model.safetensors"
+TRAINING_FILE = "training.safetensors"
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
 
@@ -52,22 +53,28 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_model_checkpoint(directory: str | Path, model: DeepLabV3, meta: dict[str, Any]) -> Path:
-    """Write the model's weights, then its metadata (with checksum) last. Returns the folder."""
+def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda p: save_file(tensors, str(p)))
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def save_model_checkpoint(
+    directory: str | Path,
+    model: DeepLabV3,
+    meta: dict[str, Any],
+    training_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write the weights (and training-state tensors), then the metadata with checksums last.
+
+    `training_tensors` (optimizer buffers, RNG states) go to their own file so
+    that a final checkpoint, which has none, stays a plain model. Returns the folder.
+    """
     directory = Path(directory)
-    weights_path = directory / WEIGHTS_FILE
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights_path, lambda p: save_file(tensors, str(p)))
-    full_meta = {
-        "format_version": FORMAT_VERSION,
-        **meta,
-        "model": model.config(),
-        "weights": {
-            "file": WEIGHTS_FILE,
-            "sha256": sha256_file(weights_path),
-            "bytes": weights_path.stat().st_size,
-        },
-    }
+    full_meta = {"format_version": FORMAT_VERSION, **meta, "model": model.config()}
+    full_meta["weights"] = _write_tensors(directory / WEIGHTS_FILE, model.state_dict())
+    if training_tensors is not None:
+        full_meta["training_tensors"] = _write_tensors(directory / TRAINING_FILE, training_tensors)
     text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
     _atomic_write(directory / META_FILE, lambda p: p.write_text(text))
     return directory
@@ -87,21 +94,33 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _verified_path(directory: Path, entry: dict[str, Any]) -> Path:
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise DKDError(f"{path} does not exist, but {directory / META_FILE} names it")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise DKDError(
+            f"{path}: checksum mismatch (sha256 {actual}, metadata says {entry['sha256']}); "
+            "the file is corrupt or was replaced"
+        )
+    return path
+
+
+def load_training_tensors(directory: str | Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The verified training-state tensors of a periodic checkpoint."""
+    if "training_tensors" not in meta:
+        raise DKDError(f"{directory}: checkpoint holds no training state")
+    return load_file(str(_verified_path(Path(directory), meta["training_tensors"])))
+
+
 def load_model_checkpoint(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[DeepLabV3, dict[str, Any]]:
     """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights."""
     directory = Path(directory)
     meta = read_meta(directory)
-    weights_path = directory / meta["weights"]["file"]
-    if not weights_path.is_file():
-        raise DKDError(f"{weights_path} does not exist, but {directory / META_FILE} names it")
-    actual = sha256_file(weights_path)
-    if actual != meta["weights"]["sha256"]:
-        raise DKDError(
-            f"{weights_path}: checksum mismatch (sha256 {actual}, metadata says "
-            f"{meta['weights']['sha256']}); the file is corrupt or was replaced"
-        )
+    weights_path = _verified_path(directory, meta["weights"])
     arch = meta["model"]
     try:
         model = DeepLabV3(

@@ -53,6 +53,75 @@ def cmd_convert_reference(args: argparse.Namespace) -> dict:
     }
 
 
+def _setup_logging() -> None:
+    """INFO logs from rank 0 only; other ranks speak only on warnings."""
+    import logging
+    import os
+
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from dkd_core.config import load_config
+    from dkd_core.train import train_step
+
+    _setup_logging()
+    config = load_config(args.config, args.overrides)
+    teacher = Path(args.teacher) if args.teacher else None
+    final = train_step(config, args.step, teacher_dir=teacher)
+    return {"step": args.step, "checkpoint": str(final)}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from dkd_core.evaluate_cli import evaluate_checkpoint
+
+    _setup_logging()
+    report, out = evaluate_checkpoint(
+        Path(args.checkpoint), args.overrides, args.whole_image, args.output
+    )
+    if not args.json:
+        print(report.format_table())
+    return {"metrics": str(out), **report.to_dict()} if args.json else {"metrics": str(out)}
+
+
+def cmd_toy_data(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from dkd_core.data import make_toy_dataset
+
+    layout = make_toy_dataset(
+        Path(args.output), classes=args.classes, images=args.images, size=args.size, seed=args.seed
+    )
+    return {
+        "output": str(args.output),
+        "classes": layout.num_classes,
+        "train": len(layout.samples("train")),
+        "val": len(layout.samples("val")),
+    }
+
+
+def cmd_split(args: argparse.Namespace) -> dict:
+    from dkd_core.config import load_config
+    from dkd_core.train import write_split_manifest
+
+    _setup_logging()
+    config = load_config(args.config, args.overrides)
+    path, manifest = write_split_manifest(config, args.reference_npy)
+    counts = [
+        {"step": s["step"], "train": len(s["train"]), "val": len(s["val"]), "test": len(s["test"])}
+        for s in manifest["steps"]
+    ]
+    if not args.json:
+        for c in counts:
+            print(f"step {c['step']}: train {c['train']}, val {c['val']}, test {c['test']}")
+    return {"manifest": str(path), "steps": counts}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dkd_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +139,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--setting", default="overlap", choices=("overlap", "disjoint"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=cmd_convert_reference)
+
+    p = sub.add_parser("train", help="train one CISS step (alone or under torchrun)")
+    p.add_argument(
+        "--config", required=True, help="benchmark YAML, e.g. pipelines/configs/toy.yaml"
+    )
+    p.add_argument("--step", type=int, required=True, help="CISS step to train (0 = base)")
+    p.add_argument("--teacher", help="previous step's checkpoint folder (default: from the run)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test metrics of a checkpoint (SPEC §7)")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint folder (model.safetensors + meta.json)"
+    )
+    p.add_argument(
+        "--whole-image", action="store_true", help="evaluate whole images, not 512 crops"
+    )
+    p.add_argument(
+        "--output", help="metrics JSON to write (default: <checkpoint>/../eval/metrics.json)"
+    )
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/data/VOC2012")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("toy-data", help="generate the toy dataset (VOC layout)")
+    p.add_argument("output", help="folder to write")
+    p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_toy_data)
+
+    p = sub.add_parser("split", help="build the per-step split manifest of a run")
+    p.add_argument("--config", required=True)
+    p.add_argument("--reference-npy", help="folder with the authors' published .npy split lists")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/VOC2012")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=cmd_split)
     return parser
 
 

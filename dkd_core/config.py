@@ -1,0 +1,205 @@
+"""Typed run configuration: frozen dataclasses from YAML, with dotted overrides.
+
+The dataclass defaults below are the single source of truth for every default
+(they are SPEC §6's VOC values); a benchmark YAML under `pipelines/configs/`
+states only what differs. `load_config("voc_15-1.yaml", ["optim.lr=0.01"])`
+reads the file, applies the overrides, checks every key and type, and returns
+a `Config`. A typo is an error naming the key and listing the valid ones. The
+resolved config (`config_to_dict`) is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dkd_core.errors import DKDError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "dkd"
+    output: str = "results/dkd"  # root URI; step t writes <output>/step_<t>/
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    dataset: str = "voc"  # voc | ade | any name for a custom dataset
+    name: str = "15-1"
+    setting: str = "overlap"  # overlap | disjoint
+    num_classes: int | None = None  # required for custom datasets
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/VOC2012"  # dataset URI
+    format: str | None = None  # voc | ade | palette; detected when None
+    crop_size: int = 512
+    batch_size: int = 32  # global, over all processes
+    eval_batch_size: int = 1  # per process
+    num_workers: int = 4
+    whole_image_eval: bool = False  # the reference evaluates a 512 centre crop (SPEC §2)
+    split_workers: int = 0  # processes for the class-presence pass
+    memory_size: int = 0  # DKD-M exemplars (VOC 100, ADE20K 300); 0 = off
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet101"
+    output_stride: int = 16
+    aspp_channels: int = 256
+    pretrained: str | None = None  # torchvision ImageNet weights file for step 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3  # step 0
+    lr_incremental: float = 1e-4  # steps t > 0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    epochs: int = 60
+    schedule: str = "poly"  # poly | warmup_poly (ADE20K)
+    power: float = 0.9
+    warmup_fraction: float = 0.2  # of the step's iterations
+    warmup_factor: float = 1e-3  # warm-up starts at this fraction of lr
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    mbce: float = 1.0
+    kd: float = 5.0
+    dkd_pos: float = 5.0
+    dkd_neg: float = 5.0
+    ac: float = 1.0  # 0 also switches new heads to Kaiming initialisation (SPEC §5)
+    pos_weight: float = 2.0  # mbce positive weight at step 0 (VOC 2, ADE20K 35)
+    pos_weight_incremental: float = 1.0  # at steps t > 0 (VOC 1, ADE20K 35)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 1
+    amp: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
+    channels_last: bool = False
+    freeze_bn_incremental: bool = True  # SPEC §5
+    checkpoint_every: int = 500  # iterations between periodic checkpoints; 0 = final only
+    keep_checkpoints: int = 2  # periodic checkpoints kept on disk
+    log_every: int = 20  # iterations between log lines
+    max_iterations: int | None = (
+        None  # stop early (smoke tests); the schedule still spans all epochs
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Coerce/validate one value against its field type (int, float, bool, str, X | None)."""
+    options = (
+        typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    )
+    if value is None:
+        if type(None) in options:
+            return None
+        raise DKDError(f"{where}: must not be empty (expected {annotation})")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is float and isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; users mean the number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if option is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise DKDError(f"{where}: expected {names}, got {value!r}")
+
+
+def _build(cls: type, data: Any, where: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise DKDError(f"{source}: '{where}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in valid:
+            raise DKDError(
+                f"{source}: unknown key '{path}'; valid keys{' in ' + repr(where) if where else ''}: "
+                f"{', '.join(valid)}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, path, source)
+        else:
+            kwargs[key] = _check_value(value, hint, f"{source}: '{path}'")
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "override") -> dict:
+    """Apply `a.b=value` overrides (values parsed as YAML scalars) to a nested dict."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise DKDError(f"{source} {override!r}: expected key=value, e.g. optim.lr=0.01")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise DKDError(f"{source} {override!r}: '{part}' is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a YAML file (or defaults when path is None) plus dotted overrides."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        if not Path(path).is_file():
+            raise DKDError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as e:
+            raise DKDError(f"{path}: not valid YAML ({e})") from e
+    return config_from_dict(data, overrides, source)
+
+
+def config_from_dict(
+    data: dict, overrides: list[str] | None = None, source: str = "config"
+) -> Config:
+    """Config from a nested dict (e.g. the resolved config stored in a checkpoint)."""
+    data = apply_overrides(data, overrides or [], source=f"{source}: override")
+    return _build(Config, data, "", source)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -1,0 +1,34 @@
+"""The data pipeline: dataset layouts, SPEC §2 augmentation, datasets, loaders, toy data."""
+
+from dkd_core.data.dataset import SegmentationDataset, build_loader, read_label, set_loader_epoch
+from dkd_core.data.layout import DatasetLayout, Sample, SplitFiles, open_layout
+from dkd_core.data.toy import make_toy_dataset, voc_palette
+from dkd_core.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EvalTransform,
+    PairTransform,
+    TrainTransform,
+    random_resized_crop_params,
+    to_normalized_tensor,
+)
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DatasetLayout",
+    "EvalTransform",
+    "PairTransform",
+    "Sample",
+    "SegmentationDataset",
+    "SplitFiles",
+    "TrainTransform",
+    "build_loader",
+    "make_toy_dataset",
+    "open_layout",
+    "random_resized_crop_params",
+    "read_label",
+    "set_loader_epoch",
+    "to_normalized_tensor",
+    "voc_palette",
+]

@@ -1,0 +1,472 @@
+"""One CISS step, exactly as SPEC §5–6: `python -m dkd_core train --config C.yaml --step N`.
+
+Step 0 trains base classes from (optionally) ImageNet weights. Step t > 0
+loads step t-1's final checkpoint into the student and a frozen teacher,
+initialises the new head from the auxiliary classifier, freezes BN, and trains
+with the DKD objective. Runs alone or under torchrun (see `distributed`).
+
+A run lives under `config.run.output`:
+    split/manifest.json               per-step image lists (built once, cached)
+    step_<t>/periodic/iter_<N>/       periodic checkpoints with training state
+    step_<t>/checkpoint/              the step's final model (meta.json written last)
+    step_<t>/eval/metrics.json        test metrics after the step (SPEC §7)
+Running the same command again resumes from the newest periodic checkpoint,
+or does nothing when the step's final checkpoint already exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from dkd_core import distributed
+from dkd_core.checkpoint import (
+    load_model_checkpoint,
+    load_training_tensors,
+    read_meta,
+    save_model_checkpoint,
+)
+from dkd_core.config import Config, config_to_dict
+from dkd_core.data import EvalTransform, SegmentationDataset, TrainTransform, open_layout
+from dkd_core.data.splits import build_or_load_manifest, manifest_step
+from dkd_core.errors import DKDError
+from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
+from dkd_core.losses import LossWeights, dkd_losses
+from dkd_core.model import DeepLabV3, predict_from_logits
+from dkd_core.tasks import Task, TaskStep, get_task
+
+log = logging.getLogger("dkd_core.train")
+
+
+# -- where things live -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "split" / "manifest.json"
+
+    def step(self, t: int) -> Path:
+        return self.root / f"step_{t}"
+
+    def checkpoint(self, t: int) -> Path:
+        return self.step(t) / "checkpoint"
+
+    def periodic(self, t: int) -> Path:
+        return self.step(t) / "periodic"
+
+    def eval(self, t: int) -> Path:
+        return self.step(t) / "eval"
+
+
+def task_of(config: Config) -> Task:
+    c = config.task
+    return get_task(c.dataset, c.name, c.setting, num_classes=c.num_classes)
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+class ResumableSampler(Sampler[int]):
+    """This rank's share of a seeded per-epoch shuffle, startable mid-epoch.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same
+    batches as an uninterrupted one; `start_batch` skips batches without
+    loading them. Each rank takes every world_size-th index of the shuffle
+    (as DistributedSampler does), truncated to whole batches.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int):
+        self.size, self.batch_size = size, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.batches_per_epoch = size // (batch_size * world_size)
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch == 0:
+            raise DKDError(
+                f"{size} training images are fewer than one global batch "
+                f"({batch_size} x {world_size} processes); lower data.batch_size"
+            )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g)
+        used = self.batches_per_epoch * self.batch_size * self.world_size
+        mine = order[:used][self.rank :: self.world_size]
+        return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def _loader(dataset, batch_size: int, sampler, num_workers: int, drop_last: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+        # Its own generator: worker seeding must not consume the global RNG (dropout).
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def step_datasets(config: Config, step: TaskStep, paths: RunPaths, info: distributed.DistInfo):
+    """Train and test datasets of one step, from the (cached) split manifest."""
+    layout = open_layout(config.data.root, config.data.format)
+    task = task_of(config)
+    if layout.num_classes != task.num_classes:
+        raise DKDError(
+            f"dataset {config.data.root} has {layout.num_classes} classes, task "
+            f"{task.dataset}:{task.name} expects {task.num_classes} (task.num_classes)"
+        )
+    train_samples = {s.id: s for s in layout.samples("train")}
+    val_samples = {s.id: s for s in layout.samples("val")}
+    manifest = None
+    if info.is_main:  # one process reads the label PNGs, the others wait and read the cache
+        manifest = build_or_load_manifest(
+            task,
+            list(train_samples),
+            [s.label for s in train_samples.values()],
+            list(val_samples),
+            [s.label for s in val_samples.values()],
+            num_workers=config.data.split_workers,
+            progress=True,
+            cache_path=paths.manifest,
+        )
+    manifest = distributed.broadcast_object(manifest)
+    split = manifest_step(manifest, step.index)
+    allowed = set(range(task.num_classes + 1))
+    train = SegmentationDataset(
+        [train_samples[i] for i in split.train],
+        step.label_lut(step.new_labels, fill=0),  # SPEC §2: only C_t stays
+        TrainTransform(config.data.crop_size),
+        seed=config.train.seed,
+        allowed_labels=allowed,
+    )
+    test = SegmentationDataset(
+        [val_samples[i] for i in split.test],
+        step.label_lut(step.seen_labels, fill=layout.unseen_test_label),
+        EvalTransform(config.data.crop_size, whole_image=config.data.whole_image_eval),
+        seed=config.train.seed,
+        allowed_labels=allowed,
+    )
+    return train, test
+
+
+def eval_loader(test_set, config: Config, info: distributed.DistInfo) -> DataLoader:
+    """Each process evaluates every world_size-th image; confusion matrices are summed."""
+    indices = list(range(info.rank, len(test_set), info.world_size))
+    return _loader(test_set, config.data.eval_batch_size, indices, config.data.num_workers, False)
+
+
+def write_split_manifest(config: Config, reference_npy: str | None = None) -> tuple[Path, dict]:
+    """Build (or load the cached) manifest of a run, or import the authors' .npy lists."""
+    from dkd_core.data.splits import manifest_from_reference_npy, write_manifest
+
+    paths = RunPaths(Path(config.run.output))
+    task = task_of(config)
+    if reference_npy:
+        manifest = manifest_from_reference_npy(task, Path(reference_npy))
+        write_manifest(manifest, paths.manifest)
+        return paths.manifest, manifest
+    layout = open_layout(config.data.root, config.data.format)
+    train, val = layout.samples("train"), layout.samples("val")
+    manifest = build_or_load_manifest(
+        task,
+        [s.id for s in train],
+        [s.label for s in train],
+        [s.id for s in val],
+        [s.label for s in val],
+        num_workers=config.data.split_workers,
+        progress=True,
+        cache_path=paths.manifest,
+    )
+    return paths.manifest, manifest
+
+
+# -- model and optimisation --------------------------------------------------------------
+
+
+def build_student_and_teacher(
+    config: Config, step: TaskStep, paths: RunPaths, teacher_dir: Path | None = None
+) -> tuple[DeepLabV3, DeepLabV3 | None]:
+    """Step 0: a fresh model. Step t: step t-1's final model grown by one head, plus its frozen copy."""
+    if step.index == 0:
+        m = config.model
+        model = DeepLabV3(
+            step.classes_per_step, m.backbone, m.output_stride, m.aspp_channels,
+            pretrained_backbone=m.pretrained,
+        )  # fmt: skip
+        return model, None
+    teacher_dir = teacher_dir or paths.checkpoint(step.index - 1)
+    if not (teacher_dir / "meta.json").is_file():
+        raise DKDError(
+            f"step {step.index} needs step {step.index - 1}'s final checkpoint at {teacher_dir}; "
+            f"train step {step.index - 1} first (same config, --step {step.index - 1})"
+        )
+    model, _ = load_model_checkpoint(teacher_dir)
+    expected = step.classes_per_step[:-1]
+    if model.classes_per_step != expected:
+        raise DKDError(
+            f"{teacher_dir}: model has heads {list(model.classes_per_step)}, but step "
+            f"{step.index - 1} of {step.task_name} has {list(expected)}"
+        )
+    teacher = model.as_teacher()
+    # SPEC §5: new head from the auxiliary classifier (random when the ac loss is off).
+    model.add_step(step.num_new, init_from_auxiliary=config.loss.ac > 0)
+    if config.train.freeze_bn_incremental:
+        model.freeze_bn()
+    return model, teacher
+
+
+def lr_factor(config: Config, iteration: int, max_iterations: int) -> float:
+    """Poly decay, optionally after a linear warm-up (SPEC §6), stepped every iteration."""
+    o = config.optim
+    factor = (1.0 - iteration / max_iterations) ** o.power
+    if o.schedule == "warmup_poly":
+        warmup = o.warmup_fraction * max_iterations
+        if iteration < warmup:
+            alpha = iteration / warmup
+            factor *= o.warmup_factor * (1 - alpha) + alpha
+    elif o.schedule != "poly":
+        raise DKDError(f"optim.schedule: expected 'poly' or 'warmup_poly', got {o.schedule!r}")
+    return factor
+
+
+def loss_weights(config: Config, step: TaskStep) -> LossWeights:
+    c = config.loss
+    return LossWeights(
+        mbce=c.mbce, kd=c.kd, dkd_pos=c.dkd_pos, dkd_neg=c.dkd_neg, ac=c.ac,
+        pos_weight=c.pos_weight if step.index == 0 else c.pos_weight_incremental,
+    )  # fmt: skip
+
+
+# -- periodic checkpoints ----------------------------------------------------------------
+
+
+def _training_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{name}"] = value
+    return tensors
+
+
+def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
+    tensors = load_training_tensors(directory, meta)
+    torch.set_rng_state(tensors["rng.cpu"])
+    if torch.cuda.is_available() and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value.to(device)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["training"]["param_groups"]})
+    scheduler.load_state_dict(meta["training"]["scheduler"])
+    return int(meta["training"]["iteration"])
+
+
+def latest_periodic(directory: Path) -> Path | None:
+    """The newest periodic checkpoint whose metadata exists (meta.json is written last)."""
+    found = []
+    for candidate in directory.glob("iter_*"):
+        if (candidate / "meta.json").is_file():
+            found.append((read_meta(candidate)["training"]["iteration"], candidate))
+    return max(found)[1] if found else None
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module, loader: DataLoader, step: TaskStep, device: torch.device
+) -> SegmentationReport:
+    """Test metrics of SPEC §7, summed over all processes."""
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics.for_test(step, device=device)
+    for batch in loader:
+        logits = model(batch["image"].to(device, non_blocking=True)).logits
+        metrics.update(predict_from_logits(logits), batch["label"].to(device, non_blocking=True))
+    distributed.all_reduce_sum(metrics.confusion)
+    model.train(was_training)
+    return metrics.compute()
+
+
+# -- the step ----------------------------------------------------------------------------
+
+
+def train_step(config: Config, step_index: int, teacher_dir: Path | None = None) -> Path:
+    """Train one CISS step end to end; returns the final checkpoint folder."""
+    info = distributed.init_distributed()
+    try:
+        return _train_step(config, step_index, info, teacher_dir)
+    finally:
+        distributed.cleanup()
+
+
+def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None) -> Path:
+    from tqdm import tqdm
+
+    task = task_of(config)
+    step = task.step(step_index)
+    paths = RunPaths(Path(config.run.output))
+    final_dir = paths.checkpoint(step.index)
+    if (final_dir / "meta.json").is_file():
+        if info.is_main:
+            log.info("step %d already complete: %s", step.index, final_dir)
+        return final_dir
+
+    torch.manual_seed(config.train.seed)
+    if config.data.batch_size % info.world_size:
+        raise DKDError(
+            f"data.batch_size {config.data.batch_size} is not divisible by the "
+            f"{info.world_size} processes"
+        )
+    per_rank_batch = config.data.batch_size // info.world_size
+    train_set, test_set = step_datasets(config, step, paths, info)
+    sampler = ResumableSampler(
+        len(train_set), per_rank_batch, info.rank, info.world_size, config.train.seed
+    )
+    train_loader = _loader(
+        train_set, per_rank_batch, sampler, config.data.num_workers, drop_last=True
+    )
+    test_loader = eval_loader(test_set, config, info)
+
+    model, teacher = build_student_and_teacher(config, step, paths, teacher_dir)
+    if config.train.channels_last and info.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    lr = config.optim.lr if step.index == 0 else config.optim.lr_incremental
+    optimizer = torch.optim.SGD(
+        model.parameter_groups(lr, config.optim.weight_decay),
+        lr=lr,
+        momentum=config.optim.momentum,
+        nesterov=config.optim.nesterov,
+    )
+    max_iterations = config.optim.epochs * sampler.batches_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda it: lr_factor(config, it, max_iterations)
+    )
+    start = 0
+    resume_dir = latest_periodic(paths.periodic(step.index))
+    if resume_dir is not None:
+        meta = read_meta(resume_dir)
+        resumed, _ = load_model_checkpoint(resume_dir)
+        model.load_state_dict(resumed.state_dict())
+        start = _restore_training_state(resume_dir, meta, optimizer, scheduler, info.device)
+        if info.is_main:
+            log.info("resumed step %d from %s (iteration %d)", step.index, resume_dir, start)
+    net = distributed.prepare_model(model, info)
+    if teacher is not None:
+        teacher = teacher.to(info.device)
+    weights = loss_weights(config, step)
+
+    stop = min(max_iterations, config.train.max_iterations or max_iterations)
+    use_amp = config.train.amp and info.device.type == "cuda"
+    base_meta = {
+        "task": {"dataset": task.dataset, "name": task.name, "setting": task.setting},
+        "step": step.index,
+        "channel_to_label": list(step.channel_to_label),
+        "config": config_to_dict(config),
+    }
+    net.train()
+    progress = tqdm(
+        total=stop, initial=start, desc=f"step {step.index}", disable=not info.is_main,
+        unit="it", dynamic_ncols=True,
+    )  # fmt: skip
+    iteration = start
+    while iteration < stop:
+        epoch, offset = divmod(iteration, sampler.batches_per_epoch)
+        sampler.set_epoch(epoch, offset)
+        train_set.set_epoch(epoch)
+        for batch in train_loader:
+            images = batch["image"].to(info.device, non_blocking=True)
+            labels = batch["label"].to(info.device, non_blocking=True)
+            if config.train.channels_last and info.device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
+                outputs = net(images, decompose=teacher is not None)
+                teacher_outputs = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        teacher_outputs = teacher(images, decompose=True)
+                terms = dkd_losses(outputs, teacher_outputs, labels, step, weights)
+            _check_finite(terms, iteration, step, info)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            scheduler.step()
+            iteration += 1
+            progress.update(1)
+            if info.is_main and iteration % config.train.log_every == 0:
+                progress.set_postfix(
+                    {k: f"{v.item():.4f}" for k, v in terms.items()}, refresh=False
+                )
+            every = config.train.checkpoint_every
+            if every and iteration % every == 0 and iteration < stop:
+                _save_periodic(paths, step, model, optimizer, scheduler, iteration, base_meta, info)
+            if iteration >= stop:
+                break
+    progress.close()
+
+    report = evaluate_model(model, test_loader, step, info.device)
+    if info.is_main:
+        save_model_checkpoint(final_dir, model, {**base_meta, "metrics": report.to_dict()})
+        paths.eval(step.index).mkdir(parents=True, exist_ok=True)
+        (paths.eval(step.index) / "metrics.json").write_text(
+            json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
+        shutil.rmtree(paths.periodic(step.index), ignore_errors=True)
+        log.info("step %d done: %s\n%s", step.index, final_dir, report.format_table())
+    distributed.barrier()
+    return final_dir
+
+
+def _check_finite(terms: dict[str, torch.Tensor], iteration: int, step: TaskStep, info) -> None:
+    """Stop every process, with the terms, as soon as the loss is not finite on any of them."""
+    finite = torch.isfinite(terms["total"].detach()).float()
+    if distributed.all_reduce_sum(finite).item() < info.world_size:
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        raise DKDError(
+            f"non-finite loss at step {step.index}, iteration {iteration} ({values}); "
+            "lower the learning rate (optim.lr / optim.lr_incremental)"
+        )
+
+
+def _save_periodic(paths, step, model, optimizer, scheduler, iteration, base_meta, info) -> None:
+    if info.is_main:
+        directory = paths.periodic(step.index) / f"iter_{iteration:08d}"
+        scheduler_state = scheduler.state_dict()  # lr_lambdas are [None, ...] for plain functions
+        param_groups = optimizer.state_dict()["param_groups"]
+        meta = {
+            **base_meta,
+            "training": {
+                "iteration": iteration,
+                "scheduler": scheduler_state,
+                "param_groups": param_groups,
+            },
+        }
+        save_model_checkpoint(directory, model, meta, _training_tensors(optimizer))
+        keep = max(1, base_meta["config"]["train"]["keep_checkpoints"])
+        for old in sorted(paths.periodic(step.index).glob("iter_*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()

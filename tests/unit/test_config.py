@@ -1,0 +1,79 @@
+"""Typed config: YAML + dotted overrides, typos named, SPEC §6 hyperparameters per benchmark."""
+
+from pathlib import Path
+
+import pytest
+
+from dkd_core.config import Config, config_from_dict, config_to_dict, load_config
+from dkd_core.errors import DKDError
+from dkd_core.tasks import get_task
+
+CONFIGS = Path(__file__).parents[2] / "pipelines" / "configs"
+BENCHMARKS = ["voc_19-1", "voc_15-5", "voc_15-1", "voc_10-1", "voc_5-3"]
+BENCHMARKS += ["ade_100-50", "ade_100-10", "ade_50-50", "toy"]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_config_loads_and_names_a_valid_task(name):
+    config = load_config(CONFIGS / f"{name}.yaml")
+    t = config.task
+    task = get_task(t.dataset, t.name, t.setting, num_classes=t.num_classes)
+    assert config.run.name == name and task.num_steps >= 2
+
+
+@pytest.mark.parametrize("name", [b for b in BENCHMARKS if b.startswith("voc")])
+def test_voc_hyperparameters_follow_spec(name):
+    c = load_config(CONFIGS / f"{name}.yaml")
+    assert (c.data.batch_size, c.data.crop_size, c.optim.epochs) == (32, 512, 60)
+    assert (c.optim.lr, c.optim.lr_incremental, c.optim.schedule) == (1e-3, 1e-4, "poly")
+    assert (c.loss.pos_weight, c.loss.pos_weight_incremental) == (2.0, 1.0)
+    assert (c.loss.mbce, c.loss.kd, c.loss.dkd_pos, c.loss.dkd_neg, c.loss.ac) == (1, 5, 5, 5, 1)
+    assert (c.optim.momentum, c.optim.nesterov, c.optim.weight_decay) == (0.9, True, 1e-4)
+    assert (c.model.backbone, c.model.output_stride, c.train.seed) == ("resnet101", 16, 1)
+
+
+@pytest.mark.parametrize("name", [b for b in BENCHMARKS if b.startswith("ade")])
+def test_ade_hyperparameters_follow_spec(name):
+    c = load_config(CONFIGS / f"{name}.yaml")
+    assert (c.data.batch_size, c.data.crop_size, c.optim.epochs) == (24, 512, 100)
+    assert (c.optim.lr, c.optim.lr_incremental) == (2.5e-3, 2.5e-4)
+    assert (c.optim.schedule, c.optim.warmup_fraction, c.optim.warmup_factor) == (
+        "warmup_poly",
+        0.2,
+        1e-3,
+    )
+    assert (c.loss.pos_weight, c.loss.pos_weight_incremental) == (35.0, 35.0)
+
+
+def test_overrides_are_typed_and_dotted():
+    c = load_config(CONFIGS / "toy.yaml", ["optim.lr=0.02", "train.max_iterations=5"])
+    assert c.optim.lr == 0.02 and c.train.max_iterations == 5
+    assert load_config(None, ["model.pretrained=null"]).model.pretrained is None
+    assert load_config(None, ["optim.lr=1"]).optim.lr == 1.0  # ints are valid floats
+    assert load_config(None, ["optim.lr=1e-3"]).optim.lr == 1e-3  # YAML 1.1 reads this as str
+
+
+def test_typos_and_bad_types_name_the_key():
+    with pytest.raises(DKDError, match=r"unknown key 'optim\.lrr'.*lr_incremental"):
+        load_config(CONFIGS / "toy.yaml", ["optim.lrr=0.1"])
+    with pytest.raises(DKDError, match=r"'train\.amp': expected bool"):
+        load_config(None, ["train.amp=yes please"])
+    with pytest.raises(DKDError, match=r"'data\.batch_size': expected int"):
+        load_config(None, ["data.batch_size=3.5"])
+    with pytest.raises(DKDError, match="expected key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(DKDError, match="does not exist"):
+        load_config(CONFIGS / "nope.yaml")
+
+
+def test_typo_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: 0.1\n  epohcs: 3\n")
+    with pytest.raises(DKDError, match=r"bad\.yaml: unknown key 'optim\.epohcs'"):
+        load_config(path)
+
+
+def test_resolved_config_round_trips():
+    c = load_config(CONFIGS / "ade_100-10.yaml", ["train.seed=7"])
+    assert config_from_dict(config_to_dict(c)) == c
+    assert Config() == load_config(None)
