@@ -375,6 +375,7 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
         start = _restore_training_state(resume_dir, meta, optimizer, scheduler, info.device)
         if info.is_main:
             log.info("resumed step %d from %s (iteration %d)", step.index, resume_dir, start)
+            _truncate_log(paths.step(step.index) / "train_log.jsonl", start)
     net = distributed.prepare_model(model, info)
     if teacher is not None:
         teacher = teacher.to(info.device)
@@ -417,10 +418,8 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
             scheduler.step()
             iteration += 1
             progress.update(1)
-            if info.is_main and iteration % config.train.log_every == 0:
-                progress.set_postfix(
-                    {k: f"{v.item():.4f}" for k, v in terms.items()}, refresh=False
-                )
+            if iteration % config.train.log_every == 0:
+                _log_iteration(paths, step, iteration, terms, scheduler, progress, info)
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
                 _save_periodic(paths, step, model, optimizer, scheduler, iteration, base_meta, info)
@@ -428,6 +427,7 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
                 break
     progress.close()
 
+    _check_replicas_agree(model, info)
     report = evaluate_model(model, test_loader, step, info.device)
     if info.is_main:
         save_model_checkpoint(final_dir, model, {**base_meta, "metrics": report.to_dict()})
@@ -449,6 +449,46 @@ def _check_finite(terms: dict[str, torch.Tensor], iteration: int, step: TaskStep
         raise DKDError(
             f"non-finite loss at step {step.index}, iteration {iteration} ({values}); "
             "lower the learning rate (optim.lr / optim.lr_incremental)"
+        )
+
+
+def _log_iteration(paths, step, iteration, terms, scheduler, progress, info) -> None:
+    """Loss terms averaged over all processes, to the progress bar and `train_log.jsonl`."""
+    names = list(terms)
+    values = distributed.all_reduce_mean(torch.stack([terms[k].detach().float() for k in names]))
+    record = {"iteration": iteration, "lr": scheduler.get_last_lr()[0]}
+    record.update({k: v for k, v in zip(names, values.tolist(), strict=True)})
+    if info.is_main:
+        progress.set_postfix({k: f"{record[k]:.4f}" for k in names}, refresh=False)
+        log_path = paths.step(step.index) / "train_log.jsonl"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _truncate_log(log_path: Path, iteration: int) -> None:
+    """After a resume, forget log records the interrupted run wrote past its checkpoint."""
+    if log_path.is_file():
+        lines = log_path.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
+        log_path.write_text("".join(line + "\n" for line in kept))
+
+
+def _check_replicas_agree(model: torch.nn.Module, info) -> None:
+    """DDP keeps replicas identical; verify it before saving (a cheap fingerprint per rank)."""
+    if not info.enabled:
+        return
+    fingerprint = torch.stack(
+        [p.detach().double().abs().sum() for p in model.parameters()]
+    ).sum().reshape(1)  # fmt: skip
+    gathered = [torch.zeros_like(fingerprint) for _ in range(info.world_size)]
+    torch.distributed.all_gather(gathered, fingerprint)
+    values = [g.item() for g in gathered]
+    if len(set(values)) != 1:
+        raise DKDError(f"model replicas diverged across processes: fingerprints {values}")
+    if info.is_main:
+        log.info(
+            "replicas agree across %d processes (fingerprint %.10g)", info.world_size, values[0]
         )
 
 
