@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all lint format bench clean
+.PHONY: help setup test lint format bench toy-data toy clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -30,8 +30,20 @@ format: setup ## apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: setup ## print model speed and memory figures (CPU, and CUDA when present)
-	$(PY) benchmarks/bench_model.py
+bench: setup ## speed and memory figures vs baselines, saved as JSON in build/bench (CPU; CUDA when present)
+	@mkdir -p build/bench
+	$(PY) benchmarks/bench_model.py --json build/bench/model.json
+	$(PY) benchmarks/bench_train.py --json build/bench/train.json
+	$(PY) benchmarks/bench_data.py --json build/bench/data.json
+	$(PY) benchmarks/toy_forgetting.py --json build/bench/toy_forgetting.json
+
+toy-data: setup ## generate the toy dataset in data/toy
+	$(PY) -m dkd_core toy-data data/toy
+
+toy: toy-data ## train and evaluate every step of the toy task (pipelines/configs/toy.yaml)
+	$(PY) -m dkd_core train --config pipelines/configs/toy.yaml --step 0
+	$(PY) -m dkd_core train --config pipelines/configs/toy.yaml --step 1
+	$(PY) -m dkd_core train --config pipelines/configs/toy.yaml --step 2
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -81,11 +81,11 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from dkd_core.evaluate_cli import evaluate_checkpoint
 
     _setup_logging()
-    report, out = evaluate_checkpoint(
+    report, out, channel_names = evaluate_checkpoint(
         Path(args.checkpoint), args.overrides, args.whole_image, args.output
     )
     if not args.json:
-        print(report.format_table())
+        print(report.format_table(channel_names))
     return {"metrics": str(out), **report.to_dict()} if args.json else {"metrics": str(out)}
 
 

@@ -91,6 +91,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # iterations between periodic checkpoints; 0 = final only
     keep_checkpoints: int = 2  # periodic checkpoints kept on disk
     log_every: int = 20  # iterations between log lines
+    progress: bool = True  # progress bar on rank 0 (every 30 s when stderr is not a terminal)
     max_iterations: int | None = (
         None  # stop early (smoke tests); the schedule still spans all epochs
     )

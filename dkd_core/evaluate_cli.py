@@ -13,14 +13,15 @@ from pathlib import Path
 from dkd_core import distributed
 from dkd_core.checkpoint import load_model_checkpoint
 from dkd_core.config import config_from_dict
+from dkd_core.data import eval_loader
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationReport
-from dkd_core.train import RunPaths, eval_loader, evaluate_model, step_datasets, task_of
+from dkd_core.train import RunPaths, evaluate_model, step_datasets, task_of
 
 
 def evaluate_checkpoint(
     checkpoint: Path, overrides: list[str], whole_image: bool, output: str | None
-) -> tuple[SegmentationReport, Path]:
+) -> tuple[SegmentationReport, Path, list[str]]:
     info = distributed.init_distributed()
     try:
         model, meta = load_model_checkpoint(checkpoint, map_location=info.device)
@@ -37,13 +38,16 @@ def evaluate_checkpoint(
                 f"{checkpoint}: heads {list(model.classes_per_step)} do not match "
                 f"step {step.index} of {step.task_name} ({list(step.classes_per_step)})"
             )
-        _, test_set = step_datasets(config, step, RunPaths(Path(config.run.output)), info)
-        loader = eval_loader(test_set, config, info)
+        _, test_set, channel_names = step_datasets(
+            config, step, RunPaths(Path(config.run.output)), info
+        )
+        c = config.data
+        loader = eval_loader(test_set, c.eval_batch_size, info.rank, info.world_size, c.num_workers)
         report = evaluate_model(model, loader, step, info.device)
         out = Path(output) if output else checkpoint.parent / "eval" / "metrics.json"
         if info.is_main:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
-        return report, out
+        return report, out, channel_names
     finally:
         distributed.cleanup()

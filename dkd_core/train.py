@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from dkd_core import distributed
 from dkd_core.checkpoint import (
@@ -33,8 +34,21 @@ from dkd_core.checkpoint import (
     save_model_checkpoint,
 )
 from dkd_core.config import Config, config_to_dict
-from dkd_core.data import EvalTransform, SegmentationDataset, TrainTransform, open_layout
-from dkd_core.data.splits import build_or_load_manifest, manifest_step
+from dkd_core.data import (
+    EvalTransform,
+    SegmentationDataset,
+    TrainTransform,
+    eval_loader,
+    open_layout,
+    train_loader,
+)
+from dkd_core.data.splits import (
+    build_or_load_manifest,
+    manifest_from_reference_npy,
+    manifest_step,
+    read_manifest,
+    write_manifest,
+)
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
 from dkd_core.losses import LossWeights, dkd_losses
@@ -76,54 +90,6 @@ def task_of(config: Config) -> Task:
 # -- data --------------------------------------------------------------------------------
 
 
-class ResumableSampler(Sampler[int]):
-    """This rank's share of a seeded per-epoch shuffle, startable mid-epoch.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same
-    batches as an uninterrupted one; `start_batch` skips batches without
-    loading them. Each rank takes every world_size-th index of the shuffle
-    (as DistributedSampler does), truncated to whole batches.
-    """
-
-    def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int):
-        self.size, self.batch_size = size, batch_size
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.batches_per_epoch = size // (batch_size * world_size)
-        self.epoch, self.start_batch = 0, 0
-        if self.batches_per_epoch == 0:
-            raise DKDError(
-                f"{size} training images are fewer than one global batch "
-                f"({batch_size} x {world_size} processes); lower data.batch_size"
-            )
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g)
-        used = self.batches_per_epoch * self.batch_size * self.world_size
-        mine = order[:used][self.rank :: self.world_size]
-        return iter(mine[self.start_batch * self.batch_size :].tolist())
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
-
-
-def _loader(dataset, batch_size: int, sampler, num_workers: int, drop_last: bool) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
-        drop_last=drop_last,
-        # Its own generator: worker seeding must not consume the global RNG (dropout).
-        generator=torch.Generator().manual_seed(0),
-    )
-
-
 def step_datasets(config: Config, step: TaskStep, paths: RunPaths, info: distributed.DistInfo):
     """Train and test datasets of one step, from the (cached) split manifest."""
     layout = open_layout(config.data.root, config.data.format)
@@ -136,17 +102,8 @@ def step_datasets(config: Config, step: TaskStep, paths: RunPaths, info: distrib
     train_samples = {s.id: s for s in layout.samples("train")}
     val_samples = {s.id: s for s in layout.samples("val")}
     manifest = None
-    if info.is_main:  # one process reads the label PNGs, the others wait and read the cache
-        manifest = build_or_load_manifest(
-            task,
-            list(train_samples),
-            [s.label for s in train_samples.values()],
-            list(val_samples),
-            [s.label for s in val_samples.values()],
-            num_workers=config.data.split_workers,
-            progress=True,
-            cache_path=paths.manifest,
-        )
+    if info.is_main:  # one process reads the label PNGs, the others wait and read the result
+        manifest = run_manifest(config, task, layout, paths)
     manifest = distributed.broadcast_object(manifest)
     split = manifest_step(manifest, step.index)
     allowed = set(range(task.num_classes + 1))
@@ -164,19 +121,32 @@ def step_datasets(config: Config, step: TaskStep, paths: RunPaths, info: distrib
         seed=config.train.seed,
         allowed_labels=allowed,
     )
-    return train, test
+    channel_names = [layout.class_names[label] for label in step.channel_to_label]
+    return train, test, channel_names
 
 
-def eval_loader(test_set, config: Config, info: distributed.DistInfo) -> DataLoader:
-    """Each process evaluates every world_size-th image; confusion matrices are summed."""
-    indices = list(range(info.rank, len(test_set), info.world_size))
-    return _loader(test_set, config.data.eval_batch_size, indices, config.data.num_workers, False)
+def run_manifest(config: Config, task: Task, layout, paths: RunPaths) -> dict:
+    """The run's split manifest: an imported one (authors' lists) as is, else built or cached."""
+    if paths.manifest.is_file():
+        existing = read_manifest(paths.manifest)
+        imported = existing["inputs"].get("source") == "reference-npy"
+        if imported and existing["task"]["steps"] == [list(s) for s in task.steps]:
+            return existing
+    train, val = layout.samples("train"), layout.samples("val")
+    return build_or_load_manifest(
+        task,
+        [s.id for s in train],
+        [s.label for s in train],
+        [s.id for s in val],
+        [s.label for s in val],
+        num_workers=config.data.split_workers,
+        progress=config.train.progress,
+        cache_path=paths.manifest,
+    )
 
 
 def write_split_manifest(config: Config, reference_npy: str | None = None) -> tuple[Path, dict]:
-    """Build (or load the cached) manifest of a run, or import the authors' .npy lists."""
-    from dkd_core.data.splits import manifest_from_reference_npy, write_manifest
-
+    """`split` command: build (or load) the run's manifest, or import the authors' .npy lists."""
     paths = RunPaths(Path(config.run.output))
     task = task_of(config)
     if reference_npy:
@@ -184,18 +154,7 @@ def write_split_manifest(config: Config, reference_npy: str | None = None) -> tu
         write_manifest(manifest, paths.manifest)
         return paths.manifest, manifest
     layout = open_layout(config.data.root, config.data.format)
-    train, val = layout.samples("train"), layout.samples("val")
-    manifest = build_or_load_manifest(
-        task,
-        [s.id for s in train],
-        [s.label for s in train],
-        [s.id for s in val],
-        [s.label for s in val],
-        num_workers=config.data.split_workers,
-        progress=True,
-        cache_path=paths.manifest,
-    )
-    return paths.manifest, manifest
+    return paths.manifest, run_manifest(config, task, layout, paths)
 
 
 # -- model and optimisation --------------------------------------------------------------
@@ -343,14 +302,14 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
             f"{info.world_size} processes"
         )
     per_rank_batch = config.data.batch_size // info.world_size
-    train_set, test_set = step_datasets(config, step, paths, info)
-    sampler = ResumableSampler(
-        len(train_set), per_rank_batch, info.rank, info.world_size, config.train.seed
+    train_set, test_set, channel_names = step_datasets(config, step, paths, info)
+    loader, sampler = train_loader(
+        train_set, per_rank_batch, info.rank, info.world_size, config.train.seed,
+        config.data.num_workers,
+    )  # fmt: skip
+    test_loader = eval_loader(
+        test_set, config.data.eval_batch_size, info.rank, info.world_size, config.data.num_workers
     )
-    train_loader = _loader(
-        train_set, per_rank_batch, sampler, config.data.num_workers, drop_last=True
-    )
-    test_loader = eval_loader(test_set, config, info)
 
     model, teacher = build_student_and_teacher(config, step, paths, teacher_dir)
     if config.train.channels_last and info.device.type == "cuda":
@@ -391,15 +350,15 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
     }
     net.train()
     progress = tqdm(
-        total=stop, initial=start, desc=f"step {step.index}", disable=not info.is_main,
-        unit="it", dynamic_ncols=True,
+        total=stop, initial=start, desc=f"step {step.index}", disable=not (info.is_main and config.train.progress),
+        unit="it", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30,
     )  # fmt: skip
     iteration = start
     while iteration < stop:
         epoch, offset = divmod(iteration, sampler.batches_per_epoch)
         sampler.set_epoch(epoch, offset)
         train_set.set_epoch(epoch)
-        for batch in train_loader:
+        for batch in loader:
             images = batch["image"].to(info.device, non_blocking=True)
             labels = batch["label"].to(info.device, non_blocking=True)
             if config.train.channels_last and info.device.type == "cuda":
@@ -436,7 +395,7 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
             json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
         )
         shutil.rmtree(paths.periodic(step.index), ignore_errors=True)
-        log.info("step %d done: %s\n%s", step.index, final_dir, report.format_table())
+        log.info("step %d done: %s\n%s", step.index, final_dir, report.format_table(channel_names))
     distributed.barrier()
     return final_dir
 

@@ -1,6 +1,13 @@
 """The data pipeline: dataset layouts, SPEC §2 augmentation, datasets, loaders, toy data."""
 
-from dkd_core.data.dataset import SegmentationDataset, build_loader, read_label, set_loader_epoch
+from dkd_core.data.dataset import (
+    ResumableSampler,
+    SegmentationDataset,
+    eval_loader,
+    make_loader,
+    read_label,
+    train_loader,
+)
 from dkd_core.data.layout import DatasetLayout, Sample, SplitFiles, open_layout
 from dkd_core.data.toy import make_toy_dataset, voc_palette
 from dkd_core.data.transforms import (
@@ -19,16 +26,18 @@ __all__ = [
     "DatasetLayout",
     "EvalTransform",
     "PairTransform",
+    "ResumableSampler",
     "Sample",
     "SegmentationDataset",
     "SplitFiles",
     "TrainTransform",
-    "build_loader",
+    "eval_loader",
+    "make_loader",
     "make_toy_dataset",
     "open_layout",
     "random_resized_crop_params",
     "read_label",
-    "set_loader_epoch",
     "to_normalized_tensor",
+    "train_loader",
     "voc_palette",
 ]

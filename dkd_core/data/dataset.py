@@ -7,20 +7,27 @@ from dataset labels to output channels with the step's lookup table
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Sampler
 
 from dkd_core.data.layout import Sample
 from dkd_core.data.transforms import PairTransform
 from dkd_core.errors import DKDError
 
-__all__ = ["SegmentationDataset", "build_loader", "read_label", "set_loader_epoch"]
+__all__ = [
+    "ResumableSampler",
+    "SegmentationDataset",
+    "eval_loader",
+    "make_loader",
+    "read_label",
+    "train_loader",
+]
 
 BACKGROUND, IGNORE = 0, 255
 _LABEL_MODES = ("P", "L")
@@ -99,13 +106,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def remap(self, label: np.ndarray) -> np.ndarray:
+        """Dataset labels -> output channels: one vectorised lookup (SPEC §2)."""
+        return self.label_lut[label]
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
         sample = self.samples[index]
         label = read_label(sample.label)  # [H, W] uint8 dataset labels
         if self._allowed is not None:
-            values = np.unique(label)
+            values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))  # O(pixels), no sort
             bad = values[~np.isin(values, self._allowed)]
             if bad.size:
                 raise DKDError(
@@ -120,7 +131,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             )
         rng = np.random.default_rng([self.seed, self.epoch, index])
         image_t, label = self.transform(image, label, rng)  # [3, H', W'], [H', W']
-        channels = self.label_lut[label]  # [H', W'] uint8, one vectorised lookup (SPEC §2)
+        channels = self.remap(label)  # [H', W'] uint8
         return {
             "image": image_t,
             "label": torch.from_numpy(channels.astype(np.int64)),
@@ -128,44 +139,73 @@ class SegmentationDataset(torch.utils.data.Dataset):
         }
 
 
-def build_loader(
+class ResumableSampler(Sampler[int]):
+    """This rank's share of a seeded per-epoch shuffle, startable mid-epoch.
+
+    The order depends only on (seed, epoch), so a resumed run sees the same
+    batches as an uninterrupted one; `set_epoch(epoch, start_batch)` skips
+    batches without loading them. Each rank takes every world_size-th index of
+    the shuffle (as DistributedSampler does), truncated to whole global batches.
+    """
+
+    def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int):
+        self.size, self.batch_size = size, batch_size
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.batches_per_epoch = size // (batch_size * world_size)
+        self.epoch, self.start_batch = 0, 0
+        if self.batches_per_epoch == 0:
+            raise DKDError(
+                f"{size} training images are fewer than one global batch "
+                f"({batch_size} x {world_size} processes); lower data.batch_size"
+            )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g)
+        used = self.batches_per_epoch * self.batch_size * self.world_size
+        mine = order[:used][self.rank :: self.world_size]
+        return iter(mine[self.start_batch * self.batch_size :].tolist())
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+
+def make_loader(
     dataset: SegmentationDataset,
     batch_size: int,
-    shuffle: bool,
+    sampler: Sampler[int] | Sequence[int],
     num_workers: int,
     drop_last: bool,
-    distributed: bool,
-    seed: int,
 ) -> DataLoader:
-    """A DataLoader over `dataset`; call `set_loader_epoch(loader, epoch)` before each epoch.
-
-    Distributed: a DistributedSampler over this rank's shard. Otherwise shuffling
-    uses a single-replica DistributedSampler too: its order is a function of
-    (seed, epoch), so a run resumed at epoch e sees the same order as an
-    uninterrupted one.
-    """
-    sampler: Sampler[int]
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    elif shuffle:
-        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
-    else:
-        sampler = SequentialSampler(dataset)
+    """DataLoader with pinned memory (CUDA) and persistent workers (when there are any)."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+        drop_last=drop_last,
+        # Its own generator: seeding workers must not consume the global RNG (dropout).
+        generator=torch.Generator().manual_seed(0),
     )
 
 
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Set the epoch of the loader's sampler (shuffle order) and dataset (augmentation)."""
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    if isinstance(loader.dataset, SegmentationDataset):
-        loader.dataset.set_epoch(epoch)
+def train_loader(
+    dataset: SegmentationDataset, batch_size: int, rank: int, world_size: int, seed: int,
+    num_workers: int,
+) -> tuple[DataLoader, ResumableSampler]:  # fmt: skip
+    """Shuffled, whole batches; call `sampler.set_epoch` and `dataset.set_epoch` per epoch."""
+    sampler = ResumableSampler(len(dataset), batch_size, rank, world_size, seed)
+    return make_loader(dataset, batch_size, sampler, num_workers, drop_last=True), sampler
+
+
+def eval_loader(
+    dataset: SegmentationDataset, batch_size: int, rank: int, world_size: int, num_workers: int
+) -> DataLoader:
+    """Every world_size-th image for this rank, in order; confusion matrices are summed."""
+    indices = list(range(rank, len(dataset), world_size))
+    return make_loader(dataset, batch_size, indices, num_workers, drop_last=False)

@@ -14,13 +14,15 @@ from dkd_core.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,
+    ResumableSampler,
     Sample,
     SegmentationDataset,
     TrainTransform,
-    build_loader,
+    eval_loader,
+    make_loader,
     open_layout,
     random_resized_crop_params,
-    set_loader_epoch,
+    train_loader,
 )
 from dkd_core.errors import DKDError
 from dkd_core.tasks import get_task
@@ -423,18 +425,33 @@ def test_loader_order_and_epochs(tmp_path: Path) -> None:
     samples = [_sample(tmp_path, f"s{i}", np.zeros((8, 8), dtype=np.uint8)) for i in range(10)]
     dataset = SegmentationDataset(samples, np.arange(256, dtype=np.uint8), EvalTransform(8))
 
-    def order(loader: torch.utils.data.DataLoader, epoch: int) -> list[int]:
-        set_loader_epoch(loader, epoch)
+    def order(loader, sampler, epoch: int, start: int = 0) -> list[int]:
+        sampler.set_epoch(epoch, start)
         return [i for batch in loader for i in batch["index"].tolist()]
 
-    sequential = build_loader(dataset, 4, False, 0, False, distributed=False, seed=0)
-    assert order(sequential, 0) == list(range(10))
-    loader = build_loader(dataset, 4, True, 0, True, distributed=False, seed=3)
-    e0, e1 = order(loader, 0), order(loader, 1)
-    assert len(e0) == 8 and len(set(e0)) == 8  # drop_last: two full batches of 4
+    assert [int(i) for b in eval_loader(dataset, 4, 0, 1, 0) for i in b["index"]] == list(range(10))
+    loader, sampler = train_loader(dataset, 4, rank=0, world_size=1, seed=3, num_workers=0)
+    e0, e1 = order(loader, sampler, 0), order(loader, sampler, 1)
+    assert len(e0) == 8 and len(set(e0)) == 8  # whole batches only: two of 4
     assert e0 != e1
-    fresh = build_loader(dataset, 4, True, 0, True, distributed=False, seed=3)
-    assert order(fresh, 1) == e1  # the order is a function of (seed, epoch): resumable
+    fresh, fresh_sampler = train_loader(dataset, 4, rank=0, world_size=1, seed=3, num_workers=0)
+    assert order(fresh, fresh_sampler, 1) == e1  # a function of (seed, epoch): resumable
+    assert order(fresh, fresh_sampler, 1, start=1) == e1[4:]  # mid-epoch start skips batches
+
+
+def test_ranks_split_each_global_batch(tmp_path: Path) -> None:
+    samples = [_sample(tmp_path, f"r{i}", np.zeros((8, 8), dtype=np.uint8)) for i in range(10)]
+    dataset = SegmentationDataset(samples, np.arange(256, dtype=np.uint8), EvalTransform(8))
+    single = list(ResumableSampler(10, 4, rank=0, world_size=1, seed=3))
+    rank0 = list(ResumableSampler(10, 2, rank=0, world_size=2, seed=3))
+    rank1 = list(ResumableSampler(10, 2, rank=1, world_size=2, seed=3))
+    # Global batch b of the two ranks holds the same images as batch b of one process.
+    for b in range(2):
+        assert set(rank0[2 * b : 2 * b + 2] + rank1[2 * b : 2 * b + 2]) == set(
+            single[4 * b : 4 * b + 4]
+        )
+    with pytest.raises(DKDError, match="fewer than one global batch"):
+        ResumableSampler(len(dataset), 8, rank=0, world_size=2, seed=0)
 
 
 def test_persistent_workers_see_set_epoch(tmp_path: Path) -> None:
@@ -443,10 +460,10 @@ def test_persistent_workers_see_set_epoch(tmp_path: Path) -> None:
         _sample(tmp_path, f"w{i}", rng.integers(0, 3, (16, 16), dtype=np.uint8)) for i in range(2)
     ]
     dataset = SegmentationDataset(samples, np.arange(256, dtype=np.uint8), TrainTransform(8))
-    loader = build_loader(dataset, 2, False, 1, False, distributed=False, seed=0)
+    loader = make_loader(dataset, 2, [0, 1], num_workers=1, drop_last=False)
     assert loader.persistent_workers
     for epoch in (0, 1):
-        set_loader_epoch(loader, epoch)
+        dataset.set_epoch(epoch)
         (batch,) = list(loader)
         expected = torch.stack([dataset[i]["image"] for i in range(2)])  # in-process, same epoch
         assert torch.equal(batch["image"], expected)

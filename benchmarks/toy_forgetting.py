@@ -1,0 +1,114 @@
+"""Forgetting on the toy benchmark: fine-tuning vs KD-only vs DKD, same step recipe.
+
+All three methods share step 0 (trained once per seed) and every incremental
+setting (frozen BN, heads initialised from the auxiliary classifier, learning
+rate, pos_weight); they differ only in the loss terms:
+
+    fine-tuning  mbce + ac
+    KD-only      mbce + ac + kd
+    DKD          mbce + ac + kd + dkd_pos + dkd_neg
+
+Prints, after every step, mIoU of old classes (with background, as the
+reference reports), of new classes, of all, hIoU, and the base-class mean
+without background — the forgetting figure. Mean and spread over the seeds.
+
+    python benchmarks/toy_forgetting.py [--seeds 1 2] [--data build/toy] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from dkd_core.checkpoint import read_meta
+from dkd_core.config import load_config
+from dkd_core.data import make_toy_dataset
+from dkd_core.train import task_of, train_step
+
+CONFIG = Path(__file__).parents[1] / "pipelines" / "configs" / "toy.yaml"
+METHODS = {
+    "fine-tuning": ["loss.kd=0", "loss.dkd_pos=0", "loss.dkd_neg=0"],
+    "KD-only": ["loss.dkd_pos=0", "loss.dkd_neg=0"],
+    "DKD": [],
+}
+
+
+def figures(meta_metrics: dict, base_classes: int) -> dict:
+    iou = meta_metrics["iou"]
+    return {
+        "old": meta_metrics["miou_old"],
+        "new": meta_metrics["miou_new"],
+        "all": meta_metrics["miou_all"],
+        "hiou": meta_metrics["hiou"],
+        "base_no_bg": statistics.fmean(iou[1 : 1 + base_classes]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--data", default="build/toy/data", help="toy dataset (made if missing)")
+    parser.add_argument("--output", default="build/toy_forgetting")
+    parser.add_argument("--json", help="also write the table to this file")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run")
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.WARNING)
+    data = Path(args.data)
+    if not (data / "ImageSets").is_dir():
+        make_toy_dataset(data, classes=6, images=500, size=64, seed=0)
+    results: dict[str, dict[int, list[dict]]] = {m: {} for m in METHODS}
+    started = time.perf_counter()
+    for seed in args.seeds:
+        common = [f"data.root={data}", f"train.seed={seed}", "train.checkpoint_every=0"]
+        common += ["train.progress=false"]
+        common += args.overrides
+        base = load_config(CONFIG, [*common, f"run.output={args.output}/seed{seed}/base"])
+        task = task_of(base)
+        step0 = train_step(base, 0)
+        base_classes = task.classes_per_step[0]
+        step0_figures = figures(read_meta(step0)["metrics"], base_classes)
+        for method, loss_overrides in METHODS.items():
+            out = f"run.output={args.output}/seed{seed}/{method}"
+            config = load_config(CONFIG, [*common, *loss_overrides, out])
+            rows = [step0_figures]
+            teacher = step0
+            for t in range(1, task.num_steps):
+                teacher = train_step(config, t, teacher_dir=teacher)
+                rows.append(figures(read_meta(teacher)["metrics"], base_classes))
+            results[method][seed] = rows
+            print(f"seed {seed} {method}: done ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    print(
+        f"\nToy {task.name} ({task.num_steps} steps), seeds {args.seeds}; mean ± spread (max-min)/2"
+    )
+    header = f"{'method':<12} {'step':>4} {'old':>12} {'new':>12} {'all':>12} {'hIoU':>12} {'base w/o bg':>12}"
+    print(header)
+    table = []
+    for method in METHODS:
+        for t in range(task.num_steps):
+            row = {"method": method, "step": t}
+            cells = []
+            for key in ("old", "new", "all", "hiou", "base_no_bg"):
+                values = [results[method][s][t][key] for s in args.seeds]
+                if any(v is None for v in values):
+                    row[key] = None
+                    cells.append(f"{'-':>12}")
+                    continue
+                mean = statistics.fmean(values)
+                spread = (max(values) - min(values)) / 2
+                row[key] = {"mean": mean, "spread": spread, "values": values}
+                cells.append(f"{mean:>6.1f} ± {spread:>3.1f}")
+            table.append(row)
+            print(f"{method:<12} {t:>4} " + " ".join(cells))
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The command line as a user meets it: toy-data, split, evaluate."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dkd_core.train import train_step
+from tests.integration.conftest import CONFIGS, toy_config
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).parents[2]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "dkd_core", *args], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_toy_data_command(tmp_path):
+    result = cli("toy-data", str(tmp_path / "toy"), "--images", "40", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["classes"] == 6 and summary["train"] + summary["val"] == 40
+    assert len(list((tmp_path / "toy" / "JPEGImages").glob("*.jpg"))) == 40
+
+
+def test_split_command_prints_per_step_counts(toy_root, tmp_path):
+    args = [f"data.root={toy_root}", f"run.output={tmp_path / 'run'}"]
+    result = cli("split", "--config", str(CONFIGS / "toy.yaml"), *args, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    manifest = json.loads((tmp_path / "run" / "split" / "manifest.json").read_text())
+    assert summary["manifest"] == str(tmp_path / "run" / "split" / "manifest.json")
+    assert [s["step"] for s in summary["steps"]] == [0, 1, 2]
+    assert [s["train"] for s in summary["steps"]] == [len(s["train"]) for s in manifest["steps"]]
+
+
+def test_evaluate_command_reproduces_the_step_metrics(toy_root, tmp_path):
+    checkpoint = train_step(toy_config(toy_root, tmp_path / "run"), 0)
+    result = cli("evaluate", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.json"))
+    assert result.returncode == 0, result.stderr
+    assert "mIoU all" in result.stdout and "disc" in result.stdout  # class names shown
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    saved = json.loads((tmp_path / "run" / "step_0" / "eval" / "metrics.json").read_text())
+    assert metrics["miou_all"] == pytest.approx(saved["miou_all"], abs=1e-6)
+
+    whole = cli("evaluate", "--checkpoint", str(checkpoint), "--whole-image", "--json",
+                "--output", str(tmp_path / "whole.json"))  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    assert 0 <= json.loads(whole.stdout)["miou_all"] <= 100
+
+    missing = cli("evaluate", "--checkpoint", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not a complete checkpoint" in missing.stderr
+
+
+def test_imported_reference_splits_are_used_not_rebuilt(toy_root, tmp_path):
+    """`split --reference-npy` imports the authors' lists; training keeps using them."""
+    import numpy as np
+
+    from dkd_core.data import open_layout
+    from dkd_core.train import RunPaths, run_manifest, task_of
+
+    config = toy_config(toy_root, tmp_path / "run")
+    task = task_of(config)
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    for t in range(task.num_steps):  # deliberately tiny lists, unlike what the data would give
+        for split in ("train", "val", "test"):
+            ids = np.array([f"toy_{t:05d}", f"toy_{t + 10:05d}"])
+            np.save(npy / f"overlap_4-1_{split}_{t:02d}.npy", ids)
+    args = [f"data.root={toy_root}", f"run.output={tmp_path / 'run'}"]
+    result = cli("split", "--config", str(CONFIGS / "toy.yaml"), *args, "--reference-npy", str(npy))
+    assert result.returncode == 0, result.stderr
+    manifest = run_manifest(config, task, open_layout(toy_root), RunPaths(tmp_path / "run"))
+    assert manifest["inputs"] == {"source": "reference-npy"}
+    assert manifest["steps"][1]["train"] == ["toy_00001", "toy_00011"]
