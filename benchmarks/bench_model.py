@@ -14,16 +14,14 @@ CPU, allocator peak on CUDA) belongs to that configuration alone.
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
+import common
 import torch
 import torch.nn.functional as F
+from common import peak_memory_mib
 
 from dkd_core.losses import LossWeights, dkd_losses
 from dkd_core.model import DeepLabV3, SegmentationOutput
@@ -104,38 +102,23 @@ def measure_one(impl: str, size: int, args) -> dict:
             sync(device)
             times.append(time.perf_counter() - start)
         results[name + "_s"] = statistics.median(times)
-    if device.type == "cuda":
-        results["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        results["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["peak_memory_mib"] = peak_memory_mib(device)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backbone", default="resnet101")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = common.parser(__doc__, ("IMPL", "SIZE"))
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC (CUDA only)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--one", nargs=2, metavar=("IMPL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-
     if args.one:  # child process: one configuration, JSON on stdout
         print(json.dumps(measure_one(args.one[0], int(args.one[1]), args)))
         return
 
-    passthrough = [a for a in sys.argv[1:] if a not in ("--json", args.json)]
-    rows = []
-    for size in args.sizes:
-        for impl in IMPLEMENTATIONS:
-            cmd = [sys.executable, __file__, *passthrough, "--one", impl, str(size)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append({"impl": impl, "size": size, **json.loads(out.splitlines()[-1])})
-
+    rows = [
+        {"impl": impl, "size": size, **common.run_child(__file__, args, (impl, size))}
+        for size in args.sizes
+        for impl in IMPLEMENTATIONS
+    ]
     mode = " ".join(
         f for f, on in (("bf16", args.bf16), ("channels_last", args.channels_last)) if on
     )
@@ -158,9 +141,7 @@ def main() -> None:
             f"{size}px: ours/straightforward time forward {ours['forward_s'] / base['forward_s']:.2f}x, "
             f"fwd+bwd {ours['forward_backward_s'] / base['forward_backward_s']:.2f}x"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "mode": mode, "rows": rows}, f, indent=2)
+    common.write_json(args.json, {"device": args.device, "mode": mode, "rows": rows})
 
 
 if __name__ == "__main__":

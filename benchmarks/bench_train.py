@@ -11,14 +11,11 @@ Each configuration runs in a fresh process so that peak memory is its own.
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
 import time
 
+import common
 import torch
 
 from dkd_core.losses import LossWeights, dkd_losses
@@ -72,37 +69,21 @@ def measure(step_index: int, size: int, args) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = common.peak_memory_mib(device)
     return {"seconds": seconds, "images_per_s": args.batch / seconds, "peak_memory_mib": peak}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backbone", default="resnet101")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--channels-last", action="store_true", help="NHWC (CUDA only)")
-    parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument(
-        "--one", nargs=2, type=int, metavar=("STEP", "SIZE"), help=argparse.SUPPRESS
-    )
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one[0], args.one[1], args)))
+    args = common.parser(__doc__, ("STEP", "SIZE")).parse_args()
+    if args.one:  # child process: one configuration, JSON on stdout
+        print(json.dumps(measure(int(args.one[0]), int(args.one[1]), args)))
         return
 
-    passthrough = [a for a in sys.argv[1:] if a not in ("--json", args.json)]
-    rows = []
-    for size in args.sizes:
-        for step_index in (0, 1):
-            cmd = [sys.executable, __file__, *passthrough, "--one", str(step_index), str(size)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append({"step": step_index, "size": size, **json.loads(out.splitlines()[-1])})
+    rows = [
+        {"step": step_index, "size": size, **common.run_child(__file__, args, (step_index, size))}
+        for size in args.sizes
+        for step_index in (0, 1)
+    ]
     amp = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
     print(
         f"DeepLabV3-{args.backbone} training, batch {args.batch}, {args.device} ({amp}), "
@@ -115,9 +96,7 @@ def main() -> None:
             f"{r['size']:>5} {kind:<18} {r['seconds']:>8.3f} {r['images_per_s']:>7.2f} "
             f"{r['peak_memory_mib']:>9.0f}"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": args.device, "rows": rows}, f, indent=2)
+    common.write_json(args.json, {"device": args.device, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 
 from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3, read_state_dict
+from dkd_core.model.resnet import match_state_dict
 
 # (reference pattern, our replacement), applied to the key prefix; first match wins.
 _REFERENCE_TO_OURS: list[tuple[str, str]] = [
@@ -129,26 +130,8 @@ def load_reference_checkpoint(
         )
 
     model = DeepLabV3(found, backbone=_infer_backbone(state), output_stride=output_stride)
-    expected = model.state_dict()
-    ours: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in state.items():
-        new_key = reference_key_to_ours(key)
-        if new_key is None or new_key not in expected:
-            unknown.append(key)
-            continue
-        if value.shape != expected[new_key].shape:
-            raise DKDError(
-                f"{source}: {key!r} has shape {tuple(value.shape)}, "
-                f"expected {tuple(expected[new_key].shape)} for {new_key!r}"
-            )
-        ours[new_key] = value
-    missing = sorted(set(expected) - set(ours))
-    if unknown or missing:
-        raise DKDError(
-            f"{source}: does not match the reference DeepLabV3 layout; "
-            f"{len(unknown)} unknown keys {unknown[:5]}, "
-            f"{len(missing)} missing (our names) {missing[:5]}"
-        )
+    # Keys without a counterpart keep their reference name, so the error shows them as they are.
+    ours = {reference_key_to_ours(k) or k: v for k, v in state.items()}
+    match_state_dict(model.state_dict(), ours, source, "the reference DeepLabV3 layout (our names)")
     model.load_state_dict(ours, strict=True)
     return model

@@ -185,6 +185,25 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def match_state_dict(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor], source: str, layout: str
+) -> None:
+    """Raise a DKDError naming keys that are missing, unexpected or of the wrong shape."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    if missing or unexpected:
+        raise DKDError(
+            f"{source}: does not match {layout}; missing {len(missing)} keys {missing[:5]}, "
+            f"unexpected {len(unexpected)} keys {unexpected[:5]}"
+        )
+    for key, value in given.items():
+        if value.shape != expected[key].shape:
+            raise DKDError(
+                f"{source}: key {key!r} has shape {tuple(value.shape)}, "
+                f"expected {tuple(expected[key].shape)}"
+            )
+
+
 def load_imagenet_weights(backbone: ResNet, path: str | Path) -> None:
     """Load ImageNet weights saved in torchvision's layout (e.g. resnet101-63fe2227.pth).
 
@@ -193,19 +212,6 @@ def load_imagenet_weights(backbone: ResNet, path: str | Path) -> None:
     """
     state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise DKDError(
-            f"{path}: does not match this backbone's torchvision layout "
-            f"(was the file made for a different ResNet depth?); "
-            f"missing {len(missing)} keys {missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]}"
-        )
-    for key, value in state.items():
-        if value.shape != expected[key].shape:
-            raise DKDError(
-                f"{path}: key {key!r} has shape {tuple(value.shape)}, "
-                f"expected {tuple(expected[key].shape)}"
-            )
+    layout = "this backbone's torchvision layout (was the file made for another ResNet depth?)"
+    match_state_dict(backbone.state_dict(), state, str(path), layout)
     backbone.load_state_dict(state, strict=True)
