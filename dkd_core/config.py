@@ -72,14 +72,28 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossWeights:
+    """Weights of the loss terms in the total, and mbce's weight on positive pixels (SPEC §4)."""
+
     mbce: float = 1.0
     kd: float = 5.0
     dkd_pos: float = 5.0
     dkd_neg: float = 5.0
     ac: float = 1.0  # 0 also switches new heads to Kaiming initialisation (SPEC §5)
-    pos_weight: float = 2.0  # mbce positive weight at step 0 (VOC 2, ADE20K 35)
+    pos_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class LossConfig(LossWeights):
+    """The loss of a run: step 0 and later steps differ only in pos_weight."""
+
+    pos_weight: float = 2.0  # at step 0 (VOC 2, ADE20K 35)
     pos_weight_incremental: float = 1.0  # at steps t > 0 (VOC 1, ADE20K 35)
+
+    def for_step(self, step_index: int) -> LossWeights:
+        weight = self.pos_weight if step_index == 0 else self.pos_weight_incremental
+        terms = {f.name: getattr(self, f.name) for f in dataclasses.fields(LossWeights)}
+        return LossWeights(**{**terms, "pos_weight": weight})
 
 
 @dataclass(frozen=True)

@@ -17,32 +17,16 @@ the frozen previous-step model (the teacher), through a sigmoid.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
+from dkd_core.config import LossWeights  # defaults live with the rest of the config
 from dkd_core.errors import DKDError
 from dkd_core.model import SegmentationOutput
 from dkd_core.tasks import TaskStep
 
 TERMS = ("mbce", "kd", "dkd_pos", "dkd_neg", "ac")
-
-
-@dataclass(frozen=True)
-class LossWeights:
-    """Weights of the terms in the total, and mbce's weight on positive pixels (SPEC §4)."""
-
-    mbce: float = 1.0
-    kd: float = 5.0
-    dkd_pos: float = 5.0
-    dkd_neg: float = 5.0
-    ac: float = 1.0
-    # VOC: 2 at step 0, 1 afterwards; ADE20K: 35.
-    pos_weight: float = 1.0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+__all__ = ["TERMS", "LossWeights", "channel_bce", "dkd_losses"]
 
 
 def channel_bce(

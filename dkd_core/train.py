@@ -51,7 +51,7 @@ from dkd_core.data.splits import (
 )
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
-from dkd_core.losses import LossWeights, dkd_losses
+from dkd_core.losses import dkd_losses
 from dkd_core.model import DeepLabV3, predict_from_logits
 from dkd_core.tasks import Task, TaskStep, get_task
 
@@ -206,14 +206,6 @@ def lr_factor(config: Config, iteration: int, max_iterations: int) -> float:
     return factor
 
 
-def loss_weights(config: Config, step: TaskStep) -> LossWeights:
-    c = config.loss
-    return LossWeights(
-        mbce=c.mbce, kd=c.kd, dkd_pos=c.dkd_pos, dkd_neg=c.dkd_neg, ac=c.ac,
-        pos_weight=c.pos_weight if step.index == 0 else c.pos_weight_incremental,
-    )  # fmt: skip
-
-
 # -- periodic checkpoints ----------------------------------------------------------------
 
 
@@ -338,7 +330,7 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
     net = distributed.prepare_model(model, info)
     if teacher is not None:
         teacher = teacher.to(info.device)
-    weights = loss_weights(config, step)
+    weights = config.loss.for_step(step.index)
 
     stop = min(max_iterations, config.train.max_iterations or max_iterations)
     use_amp = config.train.amp and info.device.type == "cuda"

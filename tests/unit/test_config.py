@@ -77,3 +77,11 @@ def test_resolved_config_round_trips():
     c = load_config(CONFIGS / "ade_100-10.yaml", ["train.seed=7"])
     assert config_from_dict(config_to_dict(c)) == c
     assert Config() == load_config(None)
+
+
+def test_loss_weights_per_step():
+    loss = load_config(CONFIGS / "ade_100-10.yaml", ["loss.kd=3"]).loss
+    assert loss.for_step(0).pos_weight == 35.0 and loss.for_step(4).pos_weight == 35.0
+    voc = load_config(CONFIGS / "voc_15-1.yaml").loss
+    assert (voc.for_step(0).pos_weight, voc.for_step(1).pos_weight) == (2.0, 1.0)
+    assert loss.for_step(1).kd == 3.0 and loss.for_step(1).dkd_pos == 5.0
