@@ -83,6 +83,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's object, in rank order (for small things: per-image label sets)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def prepare_model(model: nn.Module, info: DistInfo) -> nn.Module:
     """Move to the device; with several processes, SyncBN (CUDA only) and DDP.
 

@@ -16,7 +16,7 @@ from dkd_core.config import config_from_dict
 from dkd_core.data import eval_loader
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationReport
-from dkd_core.train import RunPaths, evaluate_model, step_datasets, task_of
+from dkd_core.train import RunPaths, evaluate_model, step_data, task_of
 
 
 def evaluate_checkpoint(
@@ -38,9 +38,8 @@ def evaluate_checkpoint(
                 f"{checkpoint}: heads {list(model.classes_per_step)} do not match "
                 f"step {step.index} of {step.task_name} ({list(step.classes_per_step)})"
             )
-        _, test_set, channel_names = step_datasets(
-            config, step, RunPaths(Path(config.run.output)), info
-        )
+        data = step_data(config, step, RunPaths(Path(config.run.output)), info)
+        test_set, channel_names = data.test, data.channel_names
         c = config.data
         loader = eval_loader(test_set, c.eval_batch_size, info.rank, info.world_size, c.num_workers)
         report = evaluate_model(model, loader, step, info.device)

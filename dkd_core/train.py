@@ -39,9 +39,11 @@ from dkd_core.data import (
     SegmentationDataset,
     TrainTransform,
     eval_loader,
+    normalize,
     open_layout,
     train_loader,
 )
+from dkd_core.data.layout import Sample
 from dkd_core.data.splits import (
     build_or_load_manifest,
     manifest_from_reference_npy,
@@ -52,6 +54,13 @@ from dkd_core.data.splits import (
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
 from dkd_core.losses import dkd_losses
+from dkd_core.memory import (
+    ground_truth_label_sets,
+    pseudo_label_sets,
+    read_memory,
+    select,
+    write_memory,
+)
 from dkd_core.model import DeepLabV3, predict_from_logits
 from dkd_core.tasks import Task, TaskStep, get_task
 
@@ -90,8 +99,31 @@ def task_of(config: Config) -> Task:
 # -- data --------------------------------------------------------------------------------
 
 
-def step_datasets(config: Config, step: TaskStep, paths: RunPaths, info: distributed.DistInfo):
-    """Train and test datasets of one step, from the (cached) split manifest."""
+@dataclass
+class StepData:
+    """What one step reads: its train and test sets and where they came from."""
+
+    train: SegmentationDataset
+    test: SegmentationDataset
+    channel_names: list[str]  # class name of each output channel
+    manifest: dict
+    train_samples: dict[str, Sample]  # every train image of the dataset, by id
+
+
+def train_dataset(config: Config, step: TaskStep, samples: list[Sample]) -> SegmentationDataset:
+    return SegmentationDataset(
+        samples,
+        step.label_lut(step.new_labels, fill=0),  # SPEC §2: only C_t stays
+        TrainTransform(config.data.crop_size),
+        seed=config.train.seed,
+        allowed_labels=range(task_of(config).num_classes + 1),
+    )
+
+
+def step_data(
+    config: Config, step: TaskStep, paths: RunPaths, info: distributed.DistInfo
+) -> StepData:
+    """Train and test sets of one step, from the run's (cached) split manifest."""
     layout = open_layout(config.data.root, config.data.format)
     task = task_of(config)
     if layout.num_classes != task.num_classes:
@@ -106,23 +138,49 @@ def step_datasets(config: Config, step: TaskStep, paths: RunPaths, info: distrib
         manifest = run_manifest(config, task, layout, paths)
     manifest = distributed.broadcast_object(manifest)
     split = manifest_step(manifest, step.index)
-    allowed = set(range(task.num_classes + 1))
-    train = SegmentationDataset(
-        [train_samples[i] for i in split.train],
-        step.label_lut(step.new_labels, fill=0),  # SPEC §2: only C_t stays
-        TrainTransform(config.data.crop_size),
-        seed=config.train.seed,
-        allowed_labels=allowed,
-    )
     test = SegmentationDataset(
         [val_samples[i] for i in split.test],
         step.label_lut(step.seen_labels, fill=layout.unseen_test_label),
         EvalTransform(config.data.crop_size, whole_image=config.data.whole_image_eval),
         seed=config.train.seed,
-        allowed_labels=allowed,
+        allowed_labels=range(task.num_classes + 1),
     )
-    channel_names = [layout.class_names[label] for label in step.channel_to_label]
-    return train, test, channel_names
+    return StepData(
+        train=train_dataset(config, step, [train_samples[i] for i in split.train]),
+        test=test,
+        channel_names=[layout.class_names[label] for label in step.channel_to_label],
+        manifest=manifest,
+        train_samples=train_samples,
+    )
+
+
+def exemplar_memory(
+    config: Config, step: TaskStep, paths: RunPaths, data: StepData, teacher, info
+) -> list[str]:
+    """DKD-M: ids of the old-step images replayed at this step (SPEC §2; see `memory`)."""
+    path = paths.step(step.index) / "memory.json"
+    if path.is_file():  # chosen before an interruption: the same images again
+        return read_memory(path)["memory"]
+    previous = task_of(config).step(step.index - 1)
+    previous_train = [
+        data.train_samples[i] for i in manifest_step(data.manifest, previous.index).train
+    ]
+    if step.index == 1:
+        label_sets = ground_truth_label_sets(previous_train, previous.new_labels)
+    else:
+        label_sets = pseudo_label_sets(
+            teacher, previous_train, previous, config.data.crop_size, info
+        )
+        for image_id, labels in read_memory(paths.step(previous.index) / "memory.json")[
+            "label_sets"
+        ].items():
+            label_sets[image_id] = label_sets.get(image_id, set()) | labels
+    chosen = select(label_sets, step.old_labels, config.data.memory_size, config.train.seed)
+    if info.is_main:
+        write_memory(path, step.index, chosen, label_sets)
+        log.info("exemplar memory of step %d: %d images", step.index, len(chosen))
+    distributed.barrier()
+    return chosen
 
 
 def run_manifest(config: Config, task: Task, layout, paths: RunPaths) -> dict:
@@ -256,8 +314,9 @@ def evaluate_model(
     model.eval()
     metrics = SegmentationMetrics.for_test(step, device=device)
     for batch in loader:
-        logits = model(batch["image"].to(device, non_blocking=True)).logits
-        metrics.update(predict_from_logits(logits), batch["label"].to(device, non_blocking=True))
+        logits = model(normalize(batch["image"].to(device, non_blocking=True))).logits
+        labels = batch["label"].to(device, non_blocking=True).long()
+        metrics.update(predict_from_logits(logits), labels)
     distributed.all_reduce_sum(metrics.confusion)
     model.train(was_training)
     return metrics.compute()
@@ -294,16 +353,21 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
             f"{info.world_size} processes"
         )
     per_rank_batch = config.data.batch_size // info.world_size
-    train_set, test_set, channel_names = step_datasets(config, step, paths, info)
+    data = step_data(config, step, paths, info)
+    model, teacher = build_student_and_teacher(config, step, paths, teacher_dir)
+    train_set = data.train
+    if config.data.memory_size > 0 and step.index > 0:
+        memory = exemplar_memory(config, step, paths, data, teacher, info)
+        train_set = train_dataset(
+            config, step, train_set.samples + [data.train_samples[i] for i in memory]
+        )
     loader, sampler = train_loader(
         train_set, per_rank_batch, info.rank, info.world_size, config.train.seed,
         config.data.num_workers,
     )  # fmt: skip
     test_loader = eval_loader(
-        test_set, config.data.eval_batch_size, info.rank, info.world_size, config.data.num_workers
+        data.test, config.data.eval_batch_size, info.rank, info.world_size, config.data.num_workers
     )
-
-    model, teacher = build_student_and_teacher(config, step, paths, teacher_dir)
     if config.train.channels_last and info.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     lr = config.optim.lr if step.index == 0 else config.optim.lr_incremental
@@ -351,8 +415,8 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
         sampler.set_epoch(epoch, offset)
         train_set.set_epoch(epoch)
         for batch in loader:
-            images = batch["image"].to(info.device, non_blocking=True)
-            labels = batch["label"].to(info.device, non_blocking=True)
+            images = normalize(batch["image"].to(info.device, non_blocking=True))
+            labels = batch["label"].to(info.device, non_blocking=True).long()
             if config.train.channels_last and info.device.type == "cuda":
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
@@ -387,7 +451,9 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
             json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
         )
         shutil.rmtree(paths.periodic(step.index), ignore_errors=True)
-        log.info("step %d done: %s\n%s", step.index, final_dir, report.format_table(channel_names))
+        log.info(
+            "step %d done: %s\n%s", step.index, final_dir, report.format_table(data.channel_names)
+        )
     distributed.barrier()
     return final_dir
 

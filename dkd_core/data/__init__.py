@@ -16,8 +16,9 @@ from dkd_core.data.transforms import (
     EvalTransform,
     PairTransform,
     TrainTransform,
+    normalize,
     random_resized_crop_params,
-    to_normalized_tensor,
+    to_uint8_tensor,
 )
 
 __all__ = [
@@ -34,10 +35,11 @@ __all__ = [
     "eval_loader",
     "make_loader",
     "make_toy_dataset",
+    "normalize",
     "open_layout",
     "random_resized_crop_params",
     "read_label",
-    "to_normalized_tensor",
+    "to_uint8_tensor",
     "train_loader",
     "voc_palette",
 ]

@@ -65,7 +65,8 @@ def _read_image(path: Path) -> Image.Image:
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images and channel-space labels of one split of one step (SPEC §2).
 
-    Item i -> {"image": float32 [3, H, W], "label": int64 [H, W] (after the LUT), "index": i}.
+    Item i -> {"image": uint8 [3, H, W], "label": uint8 [H, W] (after the LUT), "index": i};
+    the training loop normalises images (`transforms.normalize`) and widens labels on the device.
     Augmentation draws from `np.random.default_rng([seed, epoch, i])`: deterministic
     per (seed, epoch, sample), different across epochs, independent of the
     DataLoader worker that loads it. The epoch lives in shared memory, so
@@ -90,9 +91,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.label_lut = label_lut  # [256] uint8: dataset label -> channel (SPEC §2)
         self.transform = transform
         self.seed = int(seed)
-        self._allowed: np.ndarray | None = None
+        self._allowed: np.ndarray | None = None  # sorted valid label values
+        self._invalid: np.ndarray | None = None  # [256] bool lookup: value -> not a class
         if allowed_labels is not None:
             self._allowed = np.array(sorted({*allowed_labels, BACKGROUND, IGNORE}), dtype=np.int64)
+            self._invalid = np.ones(256, dtype=bool)
+            self._invalid[self._allowed] = False
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     @property
@@ -108,16 +112,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def remap(self, label: np.ndarray) -> np.ndarray:
         """Dataset labels -> output channels: one vectorised lookup (SPEC §2)."""
-        return self.label_lut[label]
+        return np.take(self.label_lut, label)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
         sample = self.samples[index]
         label = read_label(sample.label)  # [H, W] uint8 dataset labels
-        if self._allowed is not None:
-            values = np.flatnonzero(np.bincount(label.ravel(), minlength=256))  # O(pixels), no sort
-            bad = values[~np.isin(values, self._allowed)]
+        if self._invalid is not None and np.take(self._invalid, label).any():  # one LUT pass
+            values = np.unique(label)
+            bad = values[self._invalid[values]]
             if bad.size:
                 raise DKDError(
                     f"{sample.label}: label values {bad.tolist()} are not classes of this "
@@ -129,12 +133,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"{sample.label}: label is {label.shape[1]}x{label.shape[0]} but image "
                 f"{sample.image} is {image.width}x{image.height} (width x height)"
             )
+        # The remap is a pure value map and labels are resized nearest-neighbour, so
+        # remapping first gives the same result on the (usually fewer) source pixels.
+        channels = self.remap(label)  # [H, W] uint8
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image_t, label = self.transform(image, label, rng)  # [3, H', W'], [H', W']
-        channels = self.remap(label)  # [H', W'] uint8
+        image_t, channels = self.transform(image, channels, rng)  # [3, H', W'], [H', W']
         return {
             "image": image_t,
-            "label": torch.from_numpy(channels.astype(np.int64)),
+            "label": torch.from_numpy(np.require(channels, requirements="W")),  # uint8
             "index": index,
         }
 

@@ -29,8 +29,9 @@ __all__ = [
     "EvalTransform",
     "PairTransform",
     "TrainTransform",
+    "normalize",
     "random_resized_crop_params",
-    "to_normalized_tensor",
+    "to_uint8_tensor",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,11 +99,40 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def to_normalized_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
-    """RGB uint8 image [H, W, 3] -> float32 tensor [3, H, W], ImageNet-normalised (SPEC §2)."""
-    array = np.asarray(image, dtype=np.float32) / 255  # [H, W, 3] in [0, 1]
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)  # [3, H, W]
-    return (tensor - _MEAN) / _STD
+def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """RGB uint8 image [H, W, 3] -> uint8 tensor [3, H, W] (a view; batching copies it)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images [..., 3, H, W] -> float32, ImageNet-normalised (SPEC §2).
+
+    Loaders hand out uint8 (4x fewer bytes through workers and pinned memory);
+    this runs on the training device, batched: (x / 255 - mean) / std.
+    """
+    mean = _MEAN.to(images.device) * 255
+    std = _STD.to(images.device) * 255
+    return (images.float() - mean) / std
+
+
+def _resize_crop(
+    rgb: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool
+) -> torch.Tensor:
+    """Bilinear crop-and-resize (and optional horizontal flip) of uint8 [H, W, 3] -> [3, S, S].
+
+    torch's uint8 kernel (antialiased, so downscaling filters like PIL's) is about 7x
+    faster than PIL here; it differs from PIL by 0.02 grey levels on average. The
+    flip is applied to the crop before resizing, inside the one copy it needs anyway.
+    """
+    left, top, right, bottom = box
+    crop = rgb[top:bottom, left:right]  # [h, w, 3] view
+    crop = np.array(crop[:, ::-1] if flip else crop)  # the one copy, writable
+    # [1, h, w, 3] -> [1, 3, h, w] with channels_last strides: torch's fast uint8 path.
+    nhwc = torch.from_numpy(crop).unsqueeze(0).permute(0, 3, 1, 2)
+    out = torch.nn.functional.interpolate(
+        nhwc, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out[0]  # [3, S, S], NHWC strides: batching copies it into place anyway
 
 
 def _as_pair(
@@ -147,20 +177,20 @@ class TrainTransform:
     def __call__(
         self, image: Image.Image, label: Image.Image | np.ndarray, rng: np.random.Generator
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """-> (image float32 [3, S, S] normalised, label uint8 [S, S])."""
+        """-> (image uint8 [3, S, S], label uint8 [S, S]); `normalize` runs on the device."""
         image, label_img = _as_pair(image, label)
         top, left, h, w = random_resized_crop_params(
             image.width, image.height, self.scale, self.ratio, rng=rng
         )
         size = (self.crop_size, self.crop_size)
         box = (left, top, left + w, top + h)
+        flip = rng.random() < self.flip_prob
         # Crop and resize in one resampling step; nearest keeps label values exact.
-        image = image.resize(size, Image.Resampling.BILINEAR, box=box)
+        image_t = _resize_crop(np.asarray(image), box, self.crop_size, flip)  # [3, S, S]
         label_arr = np.asarray(label_img.resize(size, Image.Resampling.NEAREST, box=box))  # [S, S]
-        rgb = np.asarray(image)  # [S, S, 3] uint8
-        if rng.random() < self.flip_prob:
-            rgb, label_arr = rgb[:, ::-1], label_arr[:, ::-1]
-        return to_normalized_tensor(rgb), np.ascontiguousarray(label_arr, dtype=np.uint8)
+        if flip:
+            label_arr = label_arr[:, ::-1]
+        return image_t, np.ascontiguousarray(label_arr, dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -182,7 +212,10 @@ class EvalTransform:
         label: Image.Image | np.ndarray,
         rng: np.random.Generator | None = None,
     ) -> tuple[torch.Tensor, np.ndarray]:
-        """-> (image float32 [3, H, W] normalised, label uint8 [H, W]); `rng` is unused."""
+        """-> (image uint8 [3, H, W], label uint8 [H, W]); `rng` is unused.
+
+        Eval keeps PIL's resize, as the reference does, so metrics match its numbers.
+        """
         image, label_img = _as_pair(image, label)
         if not self.whole_image:
             size = self._resized_size(image.width, image.height)
@@ -191,7 +224,7 @@ class EvalTransform:
             box = self._centre_box(*size)
             image, label_img = image.crop(box), label_img.crop(box)
         label_arr = np.asarray(label_img, dtype=np.uint8)  # [H, W]
-        return to_normalized_tensor(image), np.ascontiguousarray(label_arr)
+        return to_uint8_tensor(image), np.ascontiguousarray(label_arr)
 
     def _resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) with the shorter side S, the longer one truncated as torchvision does."""

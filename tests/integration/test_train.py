@@ -140,3 +140,26 @@ def test_a_corrupted_periodic_checkpoint_is_refused(toy_root, tmp_path, monkeypa
     weights.write_bytes(bytes(data))
     with pytest.raises(DKDError, match="checksum mismatch"):
         train_step(config, 0)
+
+
+def test_exemplar_memory_through_two_incremental_steps(toy_root, tmp_path):
+    """DKD-M: step 1 replays step-0 images chosen by ground truth, step 2 by pseudo-labels."""
+    from dkd_core.data.splits import manifest_step, read_manifest
+    from dkd_core.memory import read_memory
+
+    config = toy_config(toy_root, tmp_path / "run", "data.memory_size=4")
+    for t in range(3):
+        train_step(config, t)
+    manifest = read_manifest(tmp_path / "run" / "split" / "manifest.json")
+    step0_train = set(manifest_step(manifest, 0).train)
+    memory1 = read_memory(tmp_path / "run" / "step_1" / "memory.json")
+    assert len(memory1["memory"]) == 4 and set(memory1["memory"]) <= step0_train
+    # Class-balanced: four base classes, one image for each.
+    chosen_sets = [memory1["label_sets"][i] for i in memory1["memory"]]
+    assert all(s <= {1, 2, 3, 4} for s in chosen_sets)
+    assert set().union(*chosen_sets) == {1, 2, 3, 4}
+
+    memory2 = read_memory(tmp_path / "run" / "step_2" / "memory.json")
+    candidates = step0_train | set(manifest_step(manifest, 1).train)
+    assert len(memory2["memory"]) == 4 and set(memory2["memory"]) <= candidates
+    assert all(memory2["label_sets"][i] <= {1, 2, 3, 4, 5} for i in memory2["memory"])

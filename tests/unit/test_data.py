@@ -20,6 +20,7 @@ from dkd_core.data import (
     TrainTransform,
     eval_loader,
     make_loader,
+    normalize,
     open_layout,
     random_resized_crop_params,
     train_loader,
@@ -262,7 +263,7 @@ def test_train_transform_shapes_and_label_values() -> None:
     transform = TrainTransform(16)
     for seed in range(20):
         img_t, lab = transform(image, label, np.random.default_rng(seed))
-        assert img_t.shape == (3, 16, 16) and img_t.dtype == torch.float32
+        assert img_t.shape == (3, 16, 16) and img_t.dtype == torch.uint8
         assert lab.shape == (16, 16) and lab.dtype == np.uint8
         assert set(np.unique(lab).tolist()) <= {0, 3, 255}
     # A palette label image works the same way.
@@ -298,7 +299,23 @@ def test_normalisation_of_constant_image() -> None:
     )
     for transform in (TrainTransform(12), EvalTransform(12), EvalTransform(12, whole_image=True)):
         img_t, _ = transform(image, label, np.random.default_rng(1))
-        assert torch.allclose(img_t, expected.view(3, 1, 1).expand_as(img_t), atol=1e-5)
+        assert img_t.dtype == torch.uint8
+        assert (img_t == torch.tensor(colour, dtype=torch.uint8).view(3, 1, 1)).all()
+        batch = normalize(img_t.unsqueeze(0))  # [1, 3, H, W], as the training loop does
+        assert batch.dtype == torch.float32
+        assert torch.allclose(batch[0], expected.view(3, 1, 1).expand_as(img_t), atol=1e-5)
+
+
+def test_train_resize_is_close_to_pil_bilinear() -> None:
+    rng = np.random.default_rng(0)
+    small = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    image = small.resize((96, 96), Image.Resampling.BICUBIC)  # smooth, like a photo
+    label = np.zeros((96, 96), dtype=np.uint8)
+    transform = TrainTransform(64, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0)
+    img_t, _ = transform(image, label, np.random.default_rng(0))
+    pil = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR)).astype(int)
+    ours = img_t.permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(ours - pil).mean() < 0.5 and np.abs(ours - pil).max() <= 8
 
 
 def test_eval_transform_resize_and_centre_crop() -> None:
@@ -365,8 +382,8 @@ def test_dataset_lut_remap(tmp_path: Path) -> None:
     assert len(dataset) == 1
     item = dataset[0]
     assert item["index"] == 0
-    assert item["image"].shape == (3, 8, 8) and item["image"].dtype == torch.float32
-    assert item["label"].dtype == torch.int64
+    assert item["image"].shape == (3, 8, 8) and item["image"].dtype == torch.uint8
+    assert item["label"].dtype == torch.uint8
     # label 16 -> channel 16, label 3 (old, not kept at train time) -> 0, 255 -> 255.
     np.testing.assert_array_equal(item["label"].numpy(), _quadrants((16, 0, 255, 0)))
 
