@@ -107,6 +107,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # periodic checkpoints kept on disk
     log_every: int = 20  # iterations between log lines
     progress: bool = True  # progress bar on rank 0 (every 30 s when stderr is not a terminal)
+    metrics_port: int | None = (
+        None  # rank 0 serves /metrics here; None: $DKD_METRICS_PORT or 9400; -1: off
+    )
     max_iterations: int | None = (
         None  # stop early (smoke tests); the schedule still spans all epochs
     )

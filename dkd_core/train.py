@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,7 @@ from dkd_core.memory import (
     select,
     write_memory,
 )
+from dkd_core.metrics import TrainingMetrics, metrics_port
 from dkd_core.model import DeepLabV3, predict_from_logits
 from dkd_core.tasks import Task, TaskStep, get_task
 
@@ -325,20 +327,41 @@ def evaluate_model(
 # -- the step ----------------------------------------------------------------------------
 
 
+def start_metrics(config: Config, task: Task, step: TaskStep, info) -> TrainingMetrics:
+    """Prometheus metrics of this step: served by rank 0, no-ops elsewhere (`metrics`)."""
+    metrics = TrainingMetrics(
+        config.run.name, f"{task.dataset}:{task.name}", step.index, enabled=info.is_main
+    )
+    port = metrics_port() if config.train.metrics_port is None else config.train.metrics_port
+    if info.is_main and port >= 0:
+        try:
+            metrics.serve(port)
+        except OSError as e:  # monitoring never stops training
+            log.warning("cannot serve metrics on port %d (%s); training goes on without", port, e)
+    metrics.set_info(backbone=config.model.backbone, world_size=info.world_size)
+    return metrics
+
+
 def train_step(config: Config, step_index: int, teacher_dir: Path | None = None) -> Path:
     """Train one CISS step end to end; returns the final checkpoint folder."""
     info = distributed.init_distributed()
+    metrics = None
     try:
-        return _train_step(config, step_index, info, teacher_dir)
+        task = task_of(config)
+        step = task.step(step_index)
+        metrics = start_metrics(config, task, step, info)
+        return _train_step(config, task, step, info, teacher_dir, metrics)
     finally:
+        if metrics is not None:
+            metrics.close()
         distributed.cleanup()
 
 
-def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None) -> Path:
+def _train_step(
+    config: Config, task: Task, step: TaskStep, info, teacher_dir: Path | None, metrics
+) -> Path:
     from tqdm import tqdm
 
-    task = task_of(config)
-    step = task.step(step_index)
     paths = RunPaths(Path(config.run.output))
     final_dir = paths.checkpoint(step.index)
     if (final_dir / "meta.json").is_file():
@@ -397,6 +420,7 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
     weights = config.loss.for_step(step.index)
 
     stop = min(max_iterations, config.train.max_iterations or max_iterations)
+    metrics.set_plan(stop)
     use_amp = config.train.amp and info.device.type == "cuda"
     base_meta = {
         "task": {"dataset": task.dataset, "name": task.name, "setting": task.setting},
@@ -414,7 +438,9 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
         epoch, offset = divmod(iteration, sampler.batches_per_epoch)
         sampler.set_epoch(epoch, offset)
         train_set.set_epoch(epoch)
+        tick = time.perf_counter()
         for batch in loader:
+            data_wait = time.perf_counter() - tick
             images = normalize(batch["image"].to(info.device, non_blocking=True))
             labels = batch["label"].to(info.device, non_blocking=True).long()
             if config.train.channels_last and info.device.type == "cuda":
@@ -435,17 +461,35 @@ def _train_step(config: Config, step_index: int, info, teacher_dir: Path | None)
             progress.update(1)
             if iteration % config.train.log_every == 0:
                 _log_iteration(paths, step, iteration, terms, scheduler, progress, info)
+                metrics.observe_gpu_memory()
+            if metrics.enabled:
+                metrics.observe_iteration(
+                    iteration=iteration, epoch=epoch, seconds=time.perf_counter() - tick,
+                    samples=config.data.batch_size, data_wait_seconds=data_wait,
+                    losses={k: v.item() for k, v in terms.items()},
+                    learning_rates={g["name"]: g["lr"] for g in optimizer.param_groups},
+                )  # fmt: skip
+            tick = time.perf_counter()
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
-                _save_periodic(paths, step, model, optimizer, scheduler, iteration, base_meta, info)
+                _save_periodic(
+                    paths, step, model, optimizer, scheduler, iteration, base_meta, info, metrics
+                )
             if iteration >= stop:
                 break
     progress.close()
 
     _check_replicas_agree(model, info)
     report = evaluate_model(model, test_loader, step, info.device)
+    metrics.observe_evaluation(
+        report.miou_old, report.miou_new, report.miou_all, report.hiou, report.pixel_accuracy
+    )
     if info.is_main:
+        started = time.perf_counter()
         save_model_checkpoint(final_dir, model, {**base_meta, "metrics": report.to_dict()})
+        size = sum(f.stat().st_size for f in final_dir.iterdir())
+        metrics.observe_checkpoint(time.perf_counter() - started, size)
+        metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
         paths.eval(step.index).mkdir(parents=True, exist_ok=True)
         (paths.eval(step.index) / "metrics.json").write_text(
             json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -509,8 +553,11 @@ def _check_replicas_agree(model: torch.nn.Module, info) -> None:
         )
 
 
-def _save_periodic(paths, step, model, optimizer, scheduler, iteration, base_meta, info) -> None:
+def _save_periodic(
+    paths, step, model, optimizer, scheduler, iteration, base_meta, info, metrics
+) -> None:
     if info.is_main:
+        started = time.perf_counter()
         directory = paths.periodic(step.index) / f"iter_{iteration:08d}"
         scheduler_state = scheduler.state_dict()  # lr_lambdas are [None, ...] for plain functions
         param_groups = optimizer.state_dict()["param_groups"]
@@ -523,6 +570,8 @@ def _save_periodic(paths, step, model, optimizer, scheduler, iteration, base_met
             },
         }
         save_model_checkpoint(directory, model, meta, _training_tensors(optimizer))
+        size = sum(f.stat().st_size for f in directory.iterdir())
+        metrics.observe_checkpoint(time.perf_counter() - started, size)
         keep = max(1, base_meta["config"]["train"]["keep_checkpoints"])
         for old in sorted(paths.periodic(step.index).glob("iter_*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

@@ -31,6 +31,7 @@ def toy_config(toy_root: Path, output: Path, *overrides: str):
             "optim.epochs=2",
             "train.checkpoint_every=0",
             "model.aspp_channels=32",
+            "train.metrics_port=0",  # a free port: exercises the exporter without collisions
             *overrides,
         ],
     )

@@ -1,0 +1,80 @@
+"""Scrape /metrics over HTTP while a toy training step runs, as Prometheus would."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import CONFIGS
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def value(samples, name: str, **labels) -> float | None:
+    for (n, lab), v in samples.items():
+        if n == name and all(dict(lab).get(k) == x for k, x in labels.items()):
+            return v
+    return None
+
+
+def test_metrics_are_served_during_training(toy_root, tmp_path):
+    port = free_port()
+    args = [
+        f"data.root={toy_root}", f"run.output={tmp_path}", "run.name=scrape-test",
+        "data.num_workers=0", "data.batch_size=8", "model.aspp_channels=32",
+        "optim.epochs=40", "train.log_every=1", "train.checkpoint_every=0",
+        f"train.metrics_port={port}", "train.progress=false",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dkd_core", "train", "--config", str(CONFIGS / "toy.yaml"),
+         "--step", "0", *args],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        samples, deadline = {}, time.time() + 120
+        while time.time() < deadline:
+            try:
+                samples = scrape(port)
+                if (value(samples, "dkd_iteration") or 0) >= 5:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        assert (value(samples, "dkd_iteration") or 0) >= 5, "no training progress scraped"
+    finally:
+        proc.kill()
+        proc.wait()
+    labels = {"run": "scrape-test", "task": "toy:4-1", "ciss_step": "0"}
+    assert value(samples, "dkd_loss", term="mbce", **labels) > 0
+    assert value(samples, "dkd_loss", term="total", **labels) > 0
+    assert value(samples, "dkd_loss", term="kd") is None  # step 0 has no distillation
+    assert value(samples, "dkd_learning_rate", group="backbone") == pytest.approx(0.01, rel=0.2)
+    assert value(samples, "dkd_learning_rate", group="aspp") == pytest.approx(0.1, rel=0.2)
+    assert value(samples, "dkd_samples_per_second") > 0
+    assert value(samples, "dkd_step_duration_seconds_count") >= 5
+    assert value(samples, "dkd_dataloader_wait_seconds_count") >= 5
+    assert 0 < value(samples, "dkd_progress_ratio") < 1
+    assert value(samples, "dkd_epoch") >= 0
