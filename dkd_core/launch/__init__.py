@@ -1,0 +1,141 @@
+"""Turn one CISS step into a process or a Kubernetes job, and watch it to the end.
+
+Backends (`launch_step(backend, job, spec, **kw)`):
+
+- `local`: `python -m torch.distributed.run ... -m dkd_core train ...` as a
+  subprocess of this interpreter (`run_local`);
+- `pytorchjob`: a Kubeflow Training Operator v1 `PyTorchJob` (`PyTorchJobLauncher`);
+- `trainjob`: a Kubeflow Trainer v2 `TrainJob` (`TrainJobLauncher`).
+
+Every backend returns on success and raises `DKDError` otherwise. Rendering
+manifests needs nothing but this package; talking to a cluster needs the
+`kubernetes` package, imported only then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dkd_core.errors import DKDError
+from dkd_core.launch.cluster import ClusterSpec
+from dkd_core.launch.job import StepJob, job_name, validate_name
+from dkd_core.launch.local import local_command, run_local
+from dkd_core.launch.pytorchjob import PYTORCHJOB, PyTorchJobLauncher, render_pytorchjob
+from dkd_core.launch.trainjob import DEFAULT_RUNTIME, TRAINJOB, TrainJobLauncher, render_trainjob
+from dkd_core.launch.watch import (
+    ClusterLauncher,
+    CustomObjectsAPI,
+    JobKind,
+    KubePodLogs,
+    PodLogReader,
+)
+
+#: Default wait for a cluster job launched through `launch_step`: one day.
+DEFAULT_TIMEOUT_SECONDS = 24 * 3600
+
+Log = Callable[[str], None]
+
+
+def _launch_local(
+    job: StepJob,
+    spec: ClusterSpec | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Log = print,
+    cwd: str | Path | None = None,
+    argv: Sequence[str] | None = None,
+) -> None:
+    """`run_local`; a `ClusterSpec`, if given, is ignored (it describes pods)."""
+    run_local(job, env=env, log=log, cwd=cwd, argv=argv)
+
+
+def _need_spec(backend: str, spec: ClusterSpec | None) -> ClusterSpec:
+    if not isinstance(spec, ClusterSpec):
+        raise DKDError(f"backend {backend!r} needs a ClusterSpec (namespace, image, ...)")
+    return spec
+
+
+def _launch_pytorchjob(
+    job: StepJob,
+    spec: ClusterSpec | None = None,
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_seconds: float = 10.0,
+    keep: bool = False,
+    log: Log = print,
+    api: CustomObjectsAPI | None = None,
+    pod_logs: PodLogReader | None = None,
+) -> None:
+    """`PyTorchJobLauncher(api, pod_logs).launch(...)`."""
+    PyTorchJobLauncher(api, pod_logs).launch(
+        job, _need_spec("pytorchjob", spec), timeout_seconds, poll_seconds, keep, log
+    )
+
+
+def _launch_trainjob(
+    job: StepJob,
+    spec: ClusterSpec | None = None,
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_seconds: float = 10.0,
+    keep: bool = False,
+    log: Log = print,
+    api: CustomObjectsAPI | None = None,
+    pod_logs: PodLogReader | None = None,
+    runtime: str = DEFAULT_RUNTIME,
+) -> None:
+    """`TrainJobLauncher(api, pod_logs, runtime=runtime).launch(...)`."""
+    TrainJobLauncher(api, pod_logs, runtime=runtime).launch(
+        job, _need_spec("trainjob", spec), timeout_seconds, poll_seconds, keep, log
+    )
+
+
+#: Backend name -> `fn(job, spec=None, **kw)`; see `launch_step`.
+LAUNCHERS: dict[str, Callable[..., None]] = {
+    "local": _launch_local,
+    "pytorchjob": _launch_pytorchjob,
+    "trainjob": _launch_trainjob,
+}
+
+
+def launch_step(backend: str, job: StepJob, spec: ClusterSpec | None = None, **kw: Any) -> None:
+    """Run `job` with `backend` and wait for it; return on success, `DKDError` otherwise.
+
+    Keyword arguments go to the backend: `local` takes env, log, cwd, argv;
+    `pytorchjob` and `trainjob` take timeout_seconds (default 24 h),
+    poll_seconds, keep, log, api, pod_logs, and `trainjob` also runtime.
+    """
+    try:
+        launcher = LAUNCHERS[backend]
+    except (KeyError, TypeError):
+        raise DKDError(
+            f"unknown launch backend {backend!r}: expected one of {', '.join(sorted(LAUNCHERS))}"
+        ) from None
+    launcher(job, spec, **kw)
+
+
+__all__ = [
+    "DEFAULT_RUNTIME",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "LAUNCHERS",
+    "PYTORCHJOB",
+    "TRAINJOB",
+    "ClusterLauncher",
+    "ClusterSpec",
+    "CustomObjectsAPI",
+    "JobKind",
+    "KubePodLogs",
+    "PodLogReader",
+    "PyTorchJobLauncher",
+    "StepJob",
+    "TrainJobLauncher",
+    "job_name",
+    "launch_step",
+    "local_command",
+    "render_pytorchjob",
+    "render_trainjob",
+    "run_local",
+    "validate_name",
+]

@@ -1,0 +1,152 @@
+"""Run a step as a Kubeflow Trainer v2 `TrainJob` (trainer.kubeflow.org/v1alpha1, release 2.3).
+
+The TrainJob references a `ClusterTrainingRuntime` (default `torch-distributed`,
+whose JobSet has one replicated job `node` with a container `node`) and sets
+the trainer's image, command, node count, processes per node, resources and
+env. What `spec.trainer` cannot say goes into a `runtimePatches` entry (the
+release-2.3 successor of `podTemplateOverrides`), which may patch, per
+replicated job, the pod's volumes, nodeSelector, tolerations, service account,
+and the container's volumeMounts and securityContext:
+
+- /dev/shm: an emptyDir volume and mount, patched in;
+- S3 credentials: a container patch has no `envFrom` (and may not set env on
+  `node`), so each key listed in `ClusterSpec.s3_secret_keys` is mapped with a
+  `secretKeyRef` in `spec.trainer.env`;
+- not expressible in a TrainJob, left to the runtime: `imagePullPolicy`, the
+  pods' restart policy, backoff (JobSet `failurePolicy`), clean-up of finished
+  pods and `ttlSecondsAfterFinished`. `ClusterSpec.active_deadline_seconds`
+  maps to `spec.activeDeadlineSeconds`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dkd_core.errors import DKDError
+from dkd_core.launch.cluster import ClusterSpec
+from dkd_core.launch.job import NAME_MAX_LENGTH, StepJob
+from dkd_core.launch.watch import ClusterLauncher, JobKind
+
+DEFAULT_RUNTIME = "torch-distributed"
+#: Replicated job and container of the trainer in the torch runtimes.
+NODE = "node"
+#: `manager` of our `runtimePatches` entry (who owns the patch).
+PATCH_MANAGER = "dkd-core.launch"
+
+TRAINJOB = JobKind(
+    kind="TrainJob",
+    group="trainer.kubeflow.org",
+    version="v1alpha1",
+    plural="trainjobs",
+    success="Complete",
+    failure="Failed",
+    pod_label="jobset.sigs.k8s.io/jobset-name",
+    container=NODE,
+)
+
+
+def _check_name_budget(job: StepJob) -> None:
+    """JobSet rejects names whose pods `<job>-node-0-<i>-<5 random>` exceed 63 characters."""
+    longest = f"{job.name}-{NODE}-0-{job.nodes - 1}-abcde"
+    if len(longest) > NAME_MAX_LENGTH:
+        raise DKDError(
+            f"job name {job.name!r} is too long for a TrainJob: its pods would be named like "
+            f"{longest!r} ({len(longest)} > {NAME_MAX_LENGTH} characters)"
+        )
+
+
+def _trainer_env(spec: ClusterSpec) -> list[dict[str, Any]]:
+    env = spec.env_list()
+    if spec.s3_secret:
+        if not spec.s3_secret_keys:
+            raise DKDError(
+                f"cluster spec: a TrainJob cannot inject the whole Secret {spec.s3_secret!r} "
+                "(release 2.3 has no envFrom for the trainer): list its keys in "
+                "s3_secret_keys, or add the envFrom to the ClusterTrainingRuntime and leave "
+                "s3_secret unset"
+            )
+        taken = {e["name"] for e in env}
+        env += [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
+            for key in spec.s3_secret_keys
+            if key not in taken
+        ]
+    return env
+
+
+def _runtime_patch(spec: ClusterSpec) -> dict[str, Any]:
+    pod_spec: dict[str, Any] = {
+        "volumes": [spec.shm_volume()],
+        "containers": [
+            {
+                "name": NODE,
+                "volumeMounts": [spec.shm_mount()],
+                "securityContext": spec.container_security_context(),
+            }
+        ],
+        **spec.placement(),
+    }
+    pod_template = {"metadata": {"labels": spec.all_labels()}, "spec": pod_spec}
+    return {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {
+            "template": {
+                "spec": {
+                    "replicatedJobs": [
+                        {"name": NODE, "template": {"spec": {"template": pod_template}}}
+                    ]
+                }
+            }
+        },
+    }
+
+
+def render_trainjob(
+    job: StepJob, spec: ClusterSpec, runtime: str = DEFAULT_RUNTIME
+) -> dict[str, Any]:
+    """The `TrainJob` manifest (a plain dict) running `job` with the runtime `runtime`."""
+    spec.check_job(job)
+    _check_name_budget(job)
+    if not runtime:
+        raise DKDError("render_trainjob: runtime must name a ClusterTrainingRuntime")
+    trainer: dict[str, Any] = {
+        "image": spec.image,
+        "command": job.command(),
+        "numNodes": job.nodes,
+        "numProcPerNode": job.nproc_per_node,  # int32 in release 2.3 (no "auto" here)
+        "resourcesPerNode": spec.resources(),
+        "env": _trainer_env(spec),
+    }
+    body: dict[str, Any] = {
+        "runtimeRef": {
+            "name": runtime,
+            "kind": "ClusterTrainingRuntime",
+            "apiGroup": TRAINJOB.group,
+        },
+        "trainer": trainer,
+        "runtimePatches": [_runtime_patch(spec)],
+    }
+    if spec.active_deadline_seconds is not None:
+        body["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": TRAINJOB.api_version,
+        "kind": TRAINJOB.kind,
+        "metadata": {"name": job.name, "namespace": spec.namespace, "labels": spec.all_labels()},
+        "spec": body,
+    }
+
+
+class TrainJobLauncher(ClusterLauncher):
+    """Launches a step as a `TrainJob`; success is the `Complete` condition.
+
+    `runtime` names the `ClusterTrainingRuntime` to use.
+    """
+
+    kind = TRAINJOB
+
+    def __init__(self, *args: Any, runtime: str = DEFAULT_RUNTIME, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runtime = runtime
+
+    def render(self, job: StepJob, spec: ClusterSpec) -> dict[str, Any]:
+        return render_trainjob(job, spec, self.runtime)

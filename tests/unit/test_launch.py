@@ -1,0 +1,762 @@
+"""Launchers: manifests valid against the operators' CRD schemas, the wait loop, local runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema
+import pytest
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import ProtocolError
+
+from dkd_core.errors import DKDError
+from dkd_core.launch import (
+    LAUNCHERS,
+    ClusterSpec,
+    KubePodLogs,
+    PyTorchJobLauncher,
+    StepJob,
+    TrainJobLauncher,
+    job_name,
+    launch_step,
+    local_command,
+    render_pytorchjob,
+    render_trainjob,
+    run_local,
+    validate_name,
+)
+from dkd_core.launch.watch import pick_failing_pod
+
+SCHEMAS = Path(__file__).parents[1] / "schemas"
+REPO = Path(__file__).parents[2]
+
+
+def _validator(file: str) -> jsonschema.Draft7Validator:
+    schema = json.loads((SCHEMAS / file).read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    # No format checker: int32/int64/date-time and int-or-string are OpenAPI formats.
+    return jsonschema.Draft7Validator(schema)
+
+
+PYTORCHJOB_SCHEMA = _validator("pytorchjob-v1.schema.json")
+TRAINJOB_SCHEMA = _validator("trainjob-v1alpha1.schema.json")
+
+
+def schema_errors(validator: jsonschema.Draft7Validator, manifest: dict) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(manifest)
+    ]
+
+
+def unknown_fields(instance: Any, schema: dict, path: str = "") -> list[str]:
+    """Keys the API server would silently prune (the schemas allow unknown keys).
+
+    jsonschema accepts any extra key, so a misspelt field (`nprocPerNodes`) would
+    pass validation and be dropped by the API server; this walk catches it.
+    """
+    out: list[str] = []
+    if isinstance(instance, dict) and isinstance(schema, dict):
+        if schema.get("x-kubernetes-preserve-unknown-fields"):
+            return out
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in instance.items():
+            if props is not None and key in props:
+                out += unknown_fields(value, props[key], f"{path}/{key}")
+            elif isinstance(extra, dict):
+                out += unknown_fields(value, extra, f"{path}/{key}")
+            elif props is not None:
+                out.append(f"{path}/{key}")
+    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(instance):
+            out += unknown_fields(item, schema["items"], f"{path}/{i}")
+    return out
+
+
+def assert_valid(validator: jsonschema.Draft7Validator, manifest: dict) -> None:
+    assert schema_errors(validator, manifest) == []
+    assert unknown_fields(manifest, validator.schema) == []
+    # What the API receives is JSON: the manifest must survive the round trip.
+    assert json.loads(json.dumps(manifest)) == manifest
+
+
+def make_job(nodes: int = 1, nproc: int = 1, **kw: Any) -> StepJob:
+    return StepJob(
+        name=job_name("voc_15-1", 3),
+        config_uri="s3://runs/voc_15-1/config.yaml",
+        step=3,
+        overrides=("optim.lr=0.001", "data.root=s3://data/VOC2012"),
+        teacher="s3://runs/voc_15-1/step_2/checkpoint",
+        nproc_per_node=nproc,
+        nodes=nodes,
+        **kw,
+    )
+
+
+def make_spec(gpus: int = 0, **kw: Any) -> ClusterSpec:
+    base: dict[str, Any] = {
+        "namespace": "dkd",
+        "image": "registry.example/dkd:0.1.0",
+        "gpus_per_pod": gpus,
+        "cpu_request": "4",
+        "cpu_limit": "8",
+        "memory_request": "16Gi",
+        "memory_limit": "32Gi",
+        "shm_size": "8Gi",
+        "s3_secret": "dkd-s3",
+        "s3_secret_keys": ("S3_ACCESS_KEY", "S3_SECRET_KEY"),
+        "env": (("S3_ENDPOINT", "http://minio:9000"),),
+        "service_account": "dkd-runner",
+        "node_selector": (("nvidia.com/gpu.present", "true"),),
+        "tolerations": ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
+        "active_deadline_seconds": 7200,
+        "labels": (("dkd-run", "voc-15-1"),),
+    }
+    return ClusterSpec(**{**base, **kw})
+
+
+# -- job names ------------------------------------------------------------------------
+
+
+def test_job_name_sanitises_run_and_step():
+    assert job_name("voc_15-1", 3) == "dkd-voc-15-1-step-3"
+    assert job_name("ADE 100/50", 0) == "dkd-ade-100-50-step-0"
+    assert job_name("voc_15-1", 3, suffix="Try_2") == "dkd-voc-15-1-step-3-try-2"
+
+
+def test_job_name_shortens_long_runs_with_a_hash_that_keeps_them_apart():
+    a = job_name("benchmark-" + "x" * 80 + "-a", 12)
+    b = job_name("benchmark-" + "x" * 80 + "-b", 12)
+    assert a != b and len(a) <= 40 and len(b) <= 40
+    assert a.startswith("dkd-benchmark-") and "-step-12-" in a
+    assert validate_name(a) == a
+    long_suffix = job_name("voc", 1, suffix="y" * 100)
+    assert len(long_suffix) <= 40 and validate_name(long_suffix)
+    assert len(job_name("r" * 100, 1, max_length=63)) == 63
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "Dkd-step", "dkd_step", "dkd.step", "1dkd", "dkd-", "-dkd", "a" * 64, "dkd step"],
+)
+def test_invalid_job_names_are_rejected(bad):
+    with pytest.raises(DKDError, match="job name"):
+        validate_name(bad)
+    with pytest.raises(DKDError, match="job name"):
+        StepJob(name=bad, config_uri="c.yaml", step=0)
+
+
+def test_step_job_validates_its_fields():
+    with pytest.raises(DKDError, match="override"):
+        StepJob(name="dkd-a", config_uri="c.yaml", step=1, overrides=("--evil",))
+    with pytest.raises(DKDError, match="override"):
+        StepJob(name="dkd-a", config_uri="c.yaml", step=1, overrides=("noequals",))
+    with pytest.raises(DKDError, match=">= 1"):
+        StepJob(name="dkd-a", config_uri="c.yaml", step=1, nodes=0)
+    with pytest.raises(DKDError, match="step"):
+        StepJob(name="dkd-a", config_uri="c.yaml", step=-1)
+    with pytest.raises(DKDError, match="config_uri"):
+        StepJob(name="dkd-a", config_uri=" ", step=1)
+    job = StepJob(name="dkd-a", config_uri="c.yaml", step=1, overrides=["a.b=1"])  # type: ignore[arg-type]
+    assert job.overrides == ("a.b=1",)
+
+
+def test_command_single_node_is_standalone_and_multi_node_relies_on_pet_env():
+    one = make_job(nodes=1, nproc=2).command()
+    assert one[:7] == ["torchrun", "--standalone", "--nnodes", "1", "--nproc_per_node", "2", "-m"]
+    assert one[7:] == [
+        "dkd_core",
+        "train",
+        "--config",
+        "s3://runs/voc_15-1/config.yaml",
+        "--step",
+        "3",
+        "--teacher",
+        "s3://runs/voc_15-1/step_2/checkpoint",
+        "optim.lr=0.001",
+        "data.root=s3://data/VOC2012",
+    ]
+    three = make_job(nodes=3, nproc=4).command()
+    assert three[:5] == ["torchrun", "--nnodes", "3", "--nproc_per_node", "4"]
+    assert "--standalone" not in three
+    joined = " ".join(three)
+    assert "master" not in joined and "port" not in joined and "rdzv" not in joined
+    no_teacher = StepJob(name="dkd-a", config_uri="c.yaml", step=0).command()
+    assert "--teacher" not in no_teacher and no_teacher[-4:] == [
+        "--config",
+        "c.yaml",
+        "--step",
+        "0",
+    ]
+
+
+def test_cluster_spec_validates_and_normalises():
+    spec = make_spec(labels={"team": "seg"}, env={"A": "1"}, node_selector={"pool": "gpu"})
+    assert spec.labels == (("team", "seg"),) and spec.env == (("A", "1"),)
+    with pytest.raises(DKDError, match="clean_pod_policy"):
+        make_spec(clean_pod_policy="Sometimes")
+    with pytest.raises(DKDError, match="quantity"):
+        make_spec(memory_limit="32 GB")
+    with pytest.raises(DKDError, match="namespace"):
+        make_spec(namespace="My_NS")
+    with pytest.raises(DKDError, match="gpus_per_pod"):
+        make_spec(gpus=-1)
+    with pytest.raises(DKDError, match="label"):
+        make_spec(labels={"team": "not ok!"})
+    with pytest.raises(DKDError, match="image_pull_policy"):
+        make_spec(image_pull_policy="Sometimes")
+
+
+# -- PyTorchJob manifests ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_pytorchjob_manifest_is_valid_and_complete(gpus, nodes):
+    job, spec = make_job(nodes=nodes, nproc=max(gpus, 1)), make_spec(gpus)
+    m = render_pytorchjob(job, spec)
+    assert_valid(PYTORCHJOB_SCHEMA, m)
+
+    assert (m["apiVersion"], m["kind"]) == ("kubeflow.org/v1", "PyTorchJob")
+    assert m["metadata"]["name"] == "dkd-voc-15-1-step-3"
+    assert m["metadata"]["namespace"] == "dkd"
+    assert m["metadata"]["labels"]["dkd-run"] == "voc-15-1"
+    s = m["spec"]
+    assert s["nprocPerNode"] == str(max(gpus, 1))
+    assert s["runPolicy"] == {
+        "cleanPodPolicy": "Running",
+        "backoffLimit": 3,
+        "activeDeadlineSeconds": 7200,
+        "ttlSecondsAfterFinished": 3600,
+    }
+    replicas = s["pytorchReplicaSpecs"]
+    if nodes == 1:
+        assert set(replicas) == {"Master"}
+    else:
+        assert set(replicas) == {"Master", "Worker"} and replicas["Worker"]["replicas"] == 2
+    assert replicas["Master"]["replicas"] == 1
+    for rs in replicas.values():
+        assert rs["restartPolicy"] == "OnFailure"
+        pod = rs["template"]["spec"]
+        assert rs["template"]["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dkd"
+        [c] = pod["containers"]
+        assert c["name"] == "pytorch"
+        assert c["image"] == "registry.example/dkd:0.1.0"
+        assert c["imagePullPolicy"] == "IfNotPresent"
+        assert c["command"] == job.command()
+        assert c["command"][:2] == ["torchrun", "--standalone" if nodes == 1 else "--nnodes"]
+        res = c["resources"]
+        assert res["requests"] == {"cpu": "4", "memory": "16Gi"}
+        if gpus:
+            assert res["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}
+        else:
+            assert "nvidia.com/gpu" not in res["limits"]
+        assert c["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+        assert pod["volumes"] == [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+        ]
+        assert c["envFrom"] == [{"secretRef": {"name": "dkd-s3"}}]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env == {"PYTHONUNBUFFERED": "1", "S3_ENDPOINT": "http://minio:9000"}
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert pod["serviceAccountName"] == "dkd-runner"
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_pytorchjob_minimal_spec_omits_unset_fields():
+    spec = ClusterSpec(namespace="default", image="dkd:dev", ttl_seconds_after_finished=None)
+    m = render_pytorchjob(StepJob(name="dkd-a", config_uri="c.yaml", step=0), spec)
+    assert_valid(PYTORCHJOB_SCHEMA, m)
+    pod = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert "envFrom" not in c and c["resources"] == {}
+    assert not {"serviceAccountName", "nodeSelector", "tolerations"} & set(pod)
+    assert m["spec"]["runPolicy"] == {"cleanPodPolicy": "Running", "backoffLimit": 3}
+
+
+def test_schema_check_catches_broken_manifests():
+    m = render_pytorchjob(make_job(nodes=3), make_spec())
+    m["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] = "2"
+    assert any("replicas" in e for e in schema_errors(PYTORCHJOB_SCHEMA, m))
+
+    m = render_pytorchjob(make_job(), make_spec())
+    m["spec"]["nprocPerNode"] = 1  # a string in v1
+    assert any("nprocPerNode" in e for e in schema_errors(PYTORCHJOB_SCHEMA, m))
+
+    m = render_pytorchjob(make_job(), make_spec())
+    del m["spec"]["pytorchReplicaSpecs"]
+    assert schema_errors(PYTORCHJOB_SCHEMA, m)
+
+    m = render_pytorchjob(make_job(), make_spec())
+    m["spec"]["nprocPerNodes"] = "1"  # a typo the API server would prune
+    assert unknown_fields(m, PYTORCHJOB_SCHEMA.schema) == ["/spec/nprocPerNodes"]
+
+    t = render_trainjob(make_job(), make_spec())
+    t["spec"]["trainer"]["numProcPerNode"] = "2"  # int32 in release 2.3
+    assert any("numProcPerNode" in e for e in schema_errors(TRAINJOB_SCHEMA, t))
+
+
+def test_render_rejects_jobs_the_pods_cannot_run():
+    with pytest.raises(DKDError, match="gpus_per_pod"):
+        render_pytorchjob(make_job(nproc=4), make_spec(gpus=2))
+    long_name = StepJob(name="d" * 58, config_uri="c.yaml", step=0, nodes=3)
+    with pytest.raises(DKDError, match="too long for a PyTorchJob"):
+        render_pytorchjob(long_name, make_spec())
+    with pytest.raises(DKDError, match="too long for a TrainJob"):
+        render_trainjob(long_name, make_spec())
+
+
+# -- TrainJob manifests -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+@pytest.mark.parametrize("nodes", [1, 3])
+def test_trainjob_manifest_is_valid_and_complete(gpus, nodes):
+    job, spec = make_job(nodes=nodes, nproc=max(gpus, 1)), make_spec(gpus)
+    m = render_trainjob(job, spec)
+    assert_valid(TRAINJOB_SCHEMA, m)
+
+    assert (m["apiVersion"], m["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert m["metadata"]["labels"]["dkd-run"] == "voc-15-1"
+    s = m["spec"]
+    assert s["runtimeRef"] == {
+        "name": "torch-distributed",
+        "kind": "ClusterTrainingRuntime",
+        "apiGroup": "trainer.kubeflow.org",
+    }
+    assert s["activeDeadlineSeconds"] == 7200
+    t = s["trainer"]
+    assert t["image"] == "registry.example/dkd:0.1.0"
+    assert t["command"] == job.command()
+    assert t["numNodes"] == nodes and t["numProcPerNode"] == max(gpus, 1)
+    limits = t["resourcesPerNode"]["limits"]
+    assert limits.get("nvidia.com/gpu") == (gpus or None)
+    assert t["resourcesPerNode"]["requests"] == {"cpu": "4", "memory": "16Gi"}
+    env = {e["name"]: e for e in t["env"]}
+    assert env["PYTHONUNBUFFERED"]["value"] == "1"
+    assert env["S3_ACCESS_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "dkd-s3", "key": "S3_ACCESS_KEY"}
+    }
+    [patch] = s["runtimePatches"]
+    [rjob] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == "node"
+    pod = rjob["template"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+    ]
+    [c] = pod["containers"]
+    assert c["name"] == "node"
+    assert c["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["serviceAccountName"] == "dkd-runner"
+    assert pod["tolerations"][0]["operator"] == "Exists"
+
+
+def test_trainjob_needs_secret_keys_for_s3_and_takes_a_runtime():
+    with pytest.raises(DKDError, match="s3_secret_keys"):
+        render_trainjob(make_job(), make_spec(s3_secret_keys=()))
+    m = render_trainjob(make_job(), make_spec(s3_secret=None), runtime="dkd-torch")
+    assert m["spec"]["runtimeRef"]["name"] == "dkd-torch"
+    assert all("valueFrom" not in e for e in m["spec"]["trainer"]["env"])
+    assert (
+        TrainJobLauncher(runtime="dkd-torch").render(make_job(), make_spec())["spec"]["runtimeRef"][
+            "name"
+        ]
+        == "dkd-torch"
+    )
+
+
+def test_rendering_needs_no_kubernetes_package():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["kubernetes"] = None  # any import of it now fails
+        from dkd_core.launch import ClusterSpec, StepJob, render_pytorchjob, render_trainjob
+        job = StepJob(name="dkd-a", config_uri="c.yaml", step=0)
+        spec = ClusterSpec(namespace="ns", image="img", s3_secret="s", s3_secret_keys=("K",))
+        render_pytorchjob(job, spec)
+        render_trainjob(job, spec)
+        assert not any(m.startswith("kubernetes") for m in sys.modules if sys.modules[m])
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+# -- the wait loop ------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - 1000.0
+
+
+def cond(ctype: str, status: str = "True", message: str = "") -> dict[str, str]:
+    return {"type": ctype, "status": status, "reason": f"Job{ctype}", "message": message}
+
+
+class FakeApi:
+    """CustomObjectsApi stand-in: replays scripted statuses (or raises scripted errors)."""
+
+    def __init__(self, script: list, create_errors: list | None = None, delete_error=None):
+        self.script = script
+        self.create_errors = list(create_errors or [])
+        self.delete_error = delete_error
+        self.created: list[tuple] = []
+        self.deleted: list[tuple] = []
+        self.gets = 0
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kw):
+        if self.create_errors:
+            raise self.create_errors.pop(0)
+        self.created.append((group, version, namespace, plural, body))
+        return body
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
+        item = self.script[min(self.gets, len(self.script) - 1)]
+        self.gets += 1
+        if isinstance(item, BaseException):
+            raise item
+        return {"metadata": {"name": name}, "status": {"conditions": item}}
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
+        self.deleted.append((group, version, namespace, plural, name))
+        if self.delete_error is not None:
+            raise self.delete_error
+
+
+class FakePodLogs:
+    def __init__(self, text: str = "epoch 3 loss 0.52\nRuntimeError: CUDA out of memory"):
+        self.text = text
+        self.calls: list[tuple[str, str, str]] = []
+
+    def __call__(self, namespace: str, selector: str, container: str) -> str:
+        self.calls.append((namespace, selector, container))
+        return self.text
+
+
+KINDS = [
+    pytest.param(PyTorchJobLauncher, "Succeeded", id="pytorchjob"),
+    pytest.param(TrainJobLauncher, "Complete", id="trainjob"),
+]
+
+
+def run_launch(launcher_cls, script, *, timeout=3600.0, keep=False, **api_kw):
+    api, logs, clock, lines = FakeApi(script, **api_kw), FakePodLogs(), FakeClock(), []
+    launcher = launcher_cls(api, logs, clock=clock, sleep=clock.sleep)
+    error = None
+    try:
+        launcher.launch(
+            make_job(), make_spec(), timeout, poll_seconds=10, keep=keep, log=lines.append
+        )
+    except DKDError as e:
+        error = e
+    return SimpleNamespace(api=api, logs=logs, clock=clock, lines=lines, error=error)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_created_running_done_returns_and_deletes(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [
+            [],
+            [cond("Created")],
+            [cond("Created"), cond("Running")],
+            [cond("Created"), cond("Running", "False"), cond(done)],
+        ],
+    )
+    assert r.error is None
+    kind = launcher_cls.kind
+    [(group, version, ns, plural, body)] = r.api.created
+    assert (group, version, ns, plural) == (kind.group, kind.version, "dkd", kind.plural)
+    assert body["kind"] == kind.kind and body["metadata"]["name"] == "dkd-voc-15-1-step-3"
+    assert r.api.gets == 4 and r.clock.elapsed == 30
+    assert r.api.deleted == [(kind.group, kind.version, "dkd", kind.plural, "dkd-voc-15-1-step-3")]
+    assert any("Running=True" in line for line in r.lines)
+    assert r.logs.calls == []
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_restarting_then_running_then_done_returns(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [
+            [cond("Created"), cond("Running")],
+            [cond("Created"), cond("Running", "False"), cond("Restarting", message="pod killed")],
+            [cond("Created"), cond("Restarting", "False"), cond("Running")],
+            [cond("Created"), cond("Running", "False"), cond(done)],
+        ],
+    )
+    assert r.error is None and r.api.gets == 4 and len(r.api.deleted) == 1
+    assert any("Restarting" in line and "pod killed" in line for line in r.lines)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_failed_raises_with_message_and_pod_log_and_deletes(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [
+            [cond("Created"), cond("Running")],
+            [cond("Created"), cond("Running", "False"), cond("Failed", message="Master exited 1")],
+        ],
+    )
+    assert isinstance(r.error, DKDError)
+    text = str(r.error)
+    assert "failed" in text and "Master exited 1" in text
+    assert "epoch 3 loss 0.52" in text and "CUDA out of memory" in text
+    kind = launcher_cls.kind
+    assert r.logs.calls == [("dkd", f"{kind.pod_label}=dkd-voc-15-1-step-3", kind.container)]
+    assert len(r.api.deleted) == 1
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_other_kinds_success_condition_is_not_success(launcher_cls, done):
+    # PyTorchJob's "Succeeded" is not a TrainJob's "Complete", and vice versa; a
+    # condition with status "False" is no outcome at all.
+    other = "Complete" if done == "Succeeded" else "Succeeded"
+    r = run_launch(
+        launcher_cls,
+        [[cond(other)], [cond("Failed", "False"), cond(done, "False")], [cond(done)]],
+    )
+    assert r.error is None and r.api.gets == 3
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_never_finishing_times_out_after_the_configured_timeout(launcher_cls, done):
+    r = run_launch(launcher_cls, [[cond("Created"), cond("Running")]], timeout=125.0)
+    assert isinstance(r.error, DKDError)
+    text = str(r.error)
+    assert "did not finish within the timeout of 125 s" in text
+    assert "Running=True" in text and "deleted" in text
+    assert r.clock.elapsed == 125.0  # not 600 s, not 24 h: the timeout asked for
+    assert max(r.clock.sleeps) == 10 and r.api.gets == 14
+    assert len(r.api.deleted) == 1
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_long_timeouts_are_honoured(launcher_cls, done):
+    """Finishing after an hour is fine with a day's timeout (no hidden 10-minute cap)."""
+    script = [[cond("Running")]] * 360 + [[cond(done)]]
+    r = run_launch(launcher_cls, script, timeout=24 * 3600.0)
+    assert r.error is None and r.clock.elapsed == 3600
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_transient_api_errors_while_polling_are_retried(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [
+            [cond("Running")],
+            ApiException(status=503, reason="Service Unavailable"),
+            ApiException(status=429, reason="Too Many Requests"),
+            ProtocolError("Connection aborted."),
+            [cond(done)],
+        ],
+    )
+    assert r.error is None and r.api.gets == 5
+    assert sum("retrying" in line for line in r.lines) == 3
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_permanent_api_errors_while_polling_are_fatal(launcher_cls, done):
+    r = run_launch(launcher_cls, [ApiException(status=403, reason="Forbidden")])
+    assert isinstance(r.error, DKDError) and "403" in str(r.error)
+    assert len(r.api.deleted) == 1
+    r = run_launch(launcher_cls, [[cond("Running")], ApiException(status=404, reason="Not Found")])
+    assert isinstance(r.error, DKDError) and "disappeared" in str(r.error)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_keep_does_not_delete(launcher_cls, done):
+    r = run_launch(launcher_cls, [[cond(done)]], keep=True)
+    assert r.error is None and r.api.deleted == []
+    r = run_launch(launcher_cls, [[cond("Failed", message="boom")]], keep=True)
+    assert isinstance(r.error, DKDError) and r.api.deleted == []
+    r = run_launch(launcher_cls, [[cond("Running")]], keep=True, timeout=30)
+    assert "kept" in str(r.error) and r.api.deleted == []
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_deleting_a_job_that_is_already_gone_is_fine(launcher_cls, done):
+    r = run_launch(launcher_cls, [[cond(done)]], delete_error=ApiException(status=404))
+    assert r.error is None
+    r = run_launch(launcher_cls, [[cond(done)]], delete_error=ApiException(status=500))
+    assert r.error is None and len(r.api.deleted) == 3  # retried, then a warning
+    assert any("could not delete" in line for line in r.lines)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_creation_errors(launcher_cls, done):
+    r = run_launch(launcher_cls, [[cond(done)]], create_errors=[ApiException(status=409)])
+    assert "already exists" in str(r.error) and r.api.deleted == []  # not ours to delete
+    r = run_launch(launcher_cls, [[cond(done)]], create_errors=[ApiException(status=404)])
+    assert "CRD installed" in str(r.error)
+    r = run_launch(launcher_cls, [[cond(done)]], create_errors=[ApiException(status=503)] * 2)
+    assert r.error is None and len(r.api.created) == 1 and len(r.api.deleted) == 1
+    forbidden = ApiException(status=422, reason="Unprocessable Entity")
+    forbidden.body = json.dumps({"message": "spec.foo: Invalid value"})
+    r = run_launch(launcher_cls, [[cond(done)]], create_errors=[forbidden])
+    assert "spec.foo: Invalid value" in str(r.error) and r.api.gets == 0
+
+
+def test_launch_rejects_nonsense_timeouts():
+    with pytest.raises(DKDError, match="timeout_seconds"):
+        PyTorchJobLauncher(FakeApi([])).launch(make_job(), make_spec(), 0)
+
+
+def test_pick_failing_pod_prefers_the_failed_container():
+    def pod(name, phase="Running", exit_code=None, last_exit=None, container="pytorch"):
+        term = SimpleNamespace(exit_code=exit_code) if exit_code is not None else None
+        last = SimpleNamespace(exit_code=last_exit) if last_exit is not None else None
+        cs = SimpleNamespace(
+            name=container,
+            state=SimpleNamespace(terminated=term),
+            last_state=SimpleNamespace(terminated=last),
+        )
+        return SimpleNamespace(
+            metadata=SimpleNamespace(name=name),
+            status=SimpleNamespace(phase=phase, container_statuses=[cs]),
+        )
+
+    assert pick_failing_pod([], "pytorch") is None
+    assert pick_failing_pod([pod("m"), pod("w", last_exit=137)], "pytorch") == ("w", True)
+    assert pick_failing_pod([pod("m"), pod("w", exit_code=1)], "pytorch") == ("w", False)
+    assert pick_failing_pod([pod("m", last_exit=1), pod("w", "Failed")], "pytorch") == ("w", False)
+    assert pick_failing_pod([pod("m"), pod("w")], "pytorch") == ("m", False)
+
+
+def test_kube_pod_logs_reads_the_failing_pod():
+    class Core:
+        def __init__(self):
+            self.read = None
+
+        def list_namespaced_pod(self, namespace, label_selector, **kw):
+            assert label_selector == "training.kubeflow.org/job-name=j"
+            term = SimpleNamespace(terminated=SimpleNamespace(exit_code=1))
+            cs = SimpleNamespace(name="pytorch", state=term, last_state=None)
+            failed = SimpleNamespace(
+                metadata=SimpleNamespace(name="j-worker-0"),
+                status=SimpleNamespace(phase="Running", container_statuses=[cs]),
+            )
+            return SimpleNamespace(items=[failed])
+
+        def read_namespaced_pod_log(self, name, namespace, **kw):
+            self.read = (name, namespace, kw["container"], kw["tail_lines"], kw["previous"])
+            return "Traceback ...\nValueError: bad\n"
+
+    core = Core()
+    text = KubePodLogs(core)("ns", "training.kubeflow.org/job-name=j", "pytorch")
+    assert "ValueError: bad" in text and "j-worker-0" in text
+    assert core.read == ("j-worker-0", "ns", "pytorch", 50, False)
+
+
+# -- launch_step ----------------------------------------------------------------------------
+
+
+def test_launch_step_dispatches_and_rejects_unknown_backends():
+    assert set(LAUNCHERS) == {"local", "pytorchjob", "trainjob"}
+    with pytest.raises(DKDError, match="local, pytorchjob, trainjob"):
+        launch_step("slurm", make_job())
+    with pytest.raises(DKDError, match="ClusterSpec"):
+        launch_step("pytorchjob", make_job())
+    api = FakeApi([[cond("Succeeded")]])
+    launch_step("pytorchjob", make_job(), make_spec(), api=api, timeout_seconds=60, log=print)
+    assert api.created[0][4]["kind"] == "PyTorchJob" and len(api.deleted) == 1
+    api = FakeApi([[cond("Complete")]])
+    launch_step("trainjob", make_job(), make_spec(), api=api, runtime="rt", log=print)
+    assert api.created[0][4]["spec"]["runtimeRef"]["name"] == "rt"
+    lines: list[str] = []
+    launch_step("local", make_job(), argv=[sys.executable, "-c", "print('ok')"], log=lines.append)
+    assert lines == ["ok"]
+
+
+# -- local runs -------------------------------------------------------------------------------
+
+
+def test_local_command_uses_this_interpreter():
+    cmd = local_command(make_job(nproc=2))
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert cmd[3:] == make_job(nproc=2).command()[1:]
+    with pytest.raises(DKDError, match="one node"):
+        local_command(make_job(nodes=2))
+
+
+def test_run_local_streams_output_and_passes_env(tmp_path):
+    lines: list[str] = []
+    code = "import os, sys; print('hi'); print('env', os.environ['DKD_T'], file=sys.stderr)"
+    run_local(make_job(), env={"DKD_T": "42"}, log=lines.append, argv=[sys.executable, "-c", code])
+    assert lines == ["hi", "env 42"]
+
+
+def test_run_local_streams_lines_as_they_come(tmp_path):
+    """The child waits for a file the log callback writes on its first line: only
+    streaming (not reading the output at the end) lets it finish in time."""
+    flag = tmp_path / "seen"
+    code = textwrap.dedent(
+        f"""
+        import pathlib, sys, time
+        print("first")
+        deadline = time.monotonic() + 5
+        while not pathlib.Path({str(flag)!r}).exists():
+            if time.monotonic() > deadline:
+                sys.exit("first line was not streamed")
+            time.sleep(0.01)
+        print("second")
+        """
+    )
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        flag.touch()
+
+    run_local(make_job(), log=log, argv=[sys.executable, "-c", code], cwd=tmp_path)
+    assert lines == ["first", "second"]
+
+
+def test_run_local_failure_reports_exit_code_and_last_lines():
+    code = "import sys\nfor i in range(80): print(f'line {i}')\nsys.exit(3)"
+    lines: list[str] = []
+    with pytest.raises(DKDError) as info:
+        run_local(make_job(), log=lines.append, argv=[sys.executable, "-c", code])
+    text = str(info.value)
+    assert "exit code 3" in text and "dkd-voc-15-1-step-3" in text
+    assert "line 79" in text and "line 30" in text and "line 29\n" not in text
+    assert len(lines) == 80
+    with pytest.raises(DKDError, match="cannot start"):
+        run_local(make_job(), argv=["/nonexistent/binary"])
+
+
+@pytest.mark.parametrize(
+    ("file", "source"),
+    [
+        ("pytorchjob-v1.schema.json", "release-1.9"),
+        ("trainjob-v1alpha1.schema.json", "release-2.3"),
+    ],
+)
+def test_schema_files_name_their_source_and_stay_small(file, source):
+    path = SCHEMAS / file
+    assert path.stat().st_size < 1_500_000
+    comment = json.loads(path.read_text())["$comment"]
+    assert source in comment and "Apache-2.0" in comment and ".yaml" in comment
