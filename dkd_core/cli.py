@@ -122,6 +122,30 @@ def cmd_split(args: argparse.Namespace) -> dict:
     return {"manifest": str(path), "steps": counts}
 
 
+def cmd_report(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from dkd_core.report import build_report
+
+    if args.run:
+        paths = sorted(
+            Path(args.run).glob("step_*/eval/metrics.json"), key=lambda p: int(p.parts[-3][5:])
+        )
+    else:
+        paths = [Path(p) for p in args.metrics]
+    if not paths:
+        raise DKDError(f"no step metrics found (looked for {args.run}/step_*/eval/metrics.json)")
+    steps = []
+    for p in paths:
+        try:
+            steps.append(json.loads(p.read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DKDError(f"{p}: cannot read step metrics ({e})") from e
+    output = Path(args.output or (Path(args.run) / "report" if args.run else "report"))
+    files = build_report(steps, output, title=args.title)
+    return {"report": str(files.markdown), "html": str(files.html), "steps": len(steps)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dkd_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task the checkpoint was trained on, e.g. voc:15-1")
     p.add_argument("--setting", default="overlap", choices=("overlap", "disjoint"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(run=cmd_convert_reference)
+    p.set_defaults(handler=cmd_convert_reference)
 
     p = sub.add_parser("train", help="train one CISS step (alone or under torchrun)")
     p.add_argument(
@@ -148,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="previous step's checkpoint folder (default: from the run)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("evaluate", help="test metrics of a checkpoint (SPEC §7)")
     p.add_argument(
@@ -162,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=/data/VOC2012")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(run=cmd_evaluate)
+    p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("toy-data", help="generate the toy dataset (VOC layout)")
     p.add_argument("output", help="folder to write")
@@ -171,21 +195,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(run=cmd_toy_data)
+    p.set_defaults(handler=cmd_toy_data)
 
     p = sub.add_parser("split", help="build the per-step split manifest of a run")
     p.add_argument("--config", required=True)
     p.add_argument("--reference-npy", help="folder with the authors' published .npy split lists")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/VOC2012")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(run=cmd_split)
+    p.set_defaults(handler=cmd_split)
+
+    p = sub.add_parser("report", help="per-step mIoU table and plots of a run")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="run folder (reads step_*/eval/metrics.json)")
+    source.add_argument("--metrics", nargs="+", help="metrics.json of each step, step 0 first")
+    p.add_argument("--output", help="folder to write (default: <run>/report)")
+    p.add_argument("--title", default="DKD run")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_report)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = args.run(args)
+        result = args.handler(args)
     except DKDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -51,10 +51,15 @@ class SegmentationReport:
     mean_class_accuracy: float
     old_channels: tuple[int, ...]
     new_channels: tuple[int, ...]
+    # Pixel counts, rows = target channel, columns = predicted channel.
+    confusion: tuple[tuple[int, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain floats, lists and None: safe for `json.dumps`."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {
+            k: [list(r) if isinstance(r, tuple) else r for r in v] if isinstance(v, tuple) else v
+            for k, v in asdict(self).items()
+        }
 
     def format_table(self, class_names: Sequence[str] | None = None) -> str:
         """A summary block, then one line per channel; new channels are marked '*'."""
@@ -220,4 +225,5 @@ class SegmentationMetrics:
             mean_class_accuracy=float(acc[both].mean()),
             old_channels=self.old_channels,
             new_channels=self.new_channels,
+            confusion=tuple(tuple(row) for row in self.confusion.cpu().tolist()),
         )

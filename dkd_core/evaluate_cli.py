@@ -46,7 +46,8 @@ def evaluate_checkpoint(
         out = Path(output) if output else checkpoint.parent / "eval" / "metrics.json"
         if info.is_main:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n")
+            results = {**report.to_dict(), "channel_names": channel_names}
+            out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         return report, out, channel_names
     finally:
         distributed.cleanup()

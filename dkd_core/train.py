@@ -486,13 +486,14 @@ def _train_step(
     )
     if info.is_main:
         started = time.perf_counter()
-        save_model_checkpoint(final_dir, model, {**base_meta, "metrics": report.to_dict()})
+        results = {**report.to_dict(), "channel_names": data.channel_names}
+        save_model_checkpoint(final_dir, model, {**base_meta, "metrics": results})
         size = sum(f.stat().st_size for f in final_dir.iterdir())
         metrics.observe_checkpoint(time.perf_counter() - started, size)
         metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
         paths.eval(step.index).mkdir(parents=True, exist_ok=True)
         (paths.eval(step.index) / "metrics.json").write_text(
-            json.dumps(report.to_dict(), indent=2, sort_keys=True) + "\n"
+            json.dumps(results, indent=2, sort_keys=True) + "\n"
         )
         shutil.rmtree(paths.periodic(step.index), ignore_errors=True)
         log.info(
