@@ -27,7 +27,8 @@ from pathlib import Path
 from dkd_core.checkpoint import read_meta
 from dkd_core.config import load_config
 from dkd_core.data import make_toy_dataset
-from dkd_core.train import task_of, train_step
+from dkd_core.step_data import task_of
+from dkd_core.train import train_step
 
 CONFIG = Path(__file__).parents[1] / "pipelines" / "configs" / "toy.yaml"
 METHODS = {
@@ -78,7 +79,7 @@ def main() -> None:
             rows = [step0_figures]
             teacher = step0
             for t in range(1, task.num_steps):
-                teacher = train_step(config, t, teacher_dir=teacher)
+                teacher = train_step(config, t, teacher=teacher)
                 rows.append(figures(read_meta(teacher)["metrics"], base_classes))
             results[method][seed] = rows
             print(f"seed {seed} {method}: done ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -140,3 +140,50 @@ def load_model_checkpoint(
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     return model.to(map_location), meta
+
+
+# -- checkpoints at URIs (s3://, minio:// or local) ---------------------------------------
+
+
+def publish_model_checkpoint(
+    uri: str,
+    model: DeepLabV3,
+    meta: dict[str, Any],
+    training_tensors: dict[str, torch.Tensor] | None = None,
+    scratch: Path | None = None,
+) -> int:
+    """Save a checkpoint at `uri`; returns its size in bytes.
+
+    A local URI is written in place. For S3 the folder is written to `scratch`
+    first and uploaded payloads first, meta.json last (`storage.upload_checkpoint`).
+    """
+    import shutil
+
+    from dkd_core.storage import is_remote, local_path, upload_checkpoint
+
+    if not is_remote(uri):
+        directory = save_model_checkpoint(local_path(uri), model, meta, training_tensors)
+        return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+    if scratch is None:
+        raise ValueError("publishing to S3 needs a local scratch folder")
+    directory = Path(tempfile.mkdtemp(dir=scratch, prefix="checkpoint-"))
+    try:
+        save_model_checkpoint(directory, model, meta, training_tensors)
+        upload_checkpoint(directory, uri)
+        return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def open_model_checkpoint(
+    uri: str, cache: Path, map_location: str | torch.device = "cpu"
+) -> tuple[DeepLabV3, dict[str, Any], Path]:
+    """Load the checkpoint at `uri` (downloaded once into `cache` when remote, checksums verified).
+
+    Returns the model, its metadata and the local folder (for training-state tensors).
+    """
+    from dkd_core.storage import fetch_checkpoint
+
+    local = fetch_checkpoint(uri, cache)
+    model, meta = load_model_checkpoint(local, map_location)
+    return model, meta, local

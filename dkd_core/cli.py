@@ -63,26 +63,24 @@ def _setup_logging() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from pathlib import Path
-
     from dkd_core.config import load_config
     from dkd_core.train import train_step
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
-    teacher = Path(args.teacher) if args.teacher else None
-    final = train_step(config, args.step, teacher_dir=teacher)
-    return {"step": args.step, "checkpoint": str(final)}
+    final = train_step(
+        config, args.step, teacher=args.teacher, checkpoint_out=args.checkpoint_out,
+        manifest=args.manifest,
+    )  # fmt: skip
+    return {"step": args.step, "checkpoint": final}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from pathlib import Path
-
     from dkd_core.evaluate_cli import evaluate_checkpoint
 
     _setup_logging()
     report, out, channel_names = evaluate_checkpoint(
-        Path(args.checkpoint), args.overrides, args.whole_image, args.output
+        args.checkpoint, args.overrides, args.whole_image, args.output, args.manifest
     )
     if not args.json:
         print(report.format_table(channel_names))
@@ -107,11 +105,11 @@ def cmd_toy_data(args: argparse.Namespace) -> dict:
 
 def cmd_split(args: argparse.Namespace) -> dict:
     from dkd_core.config import load_config
-    from dkd_core.train import write_split_manifest
+    from dkd_core.step_data import write_split_manifest
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
-    path, manifest = write_split_manifest(config, args.reference_npy)
+    path, manifest = write_split_manifest(config, args.reference_npy, args.manifest)
     counts = [
         {"step": s["step"], "train": len(s["train"]), "val": len(s["val"]), "test": len(s["test"])}
         for s in manifest["steps"]
@@ -169,15 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", required=True, help="benchmark YAML, e.g. pipelines/configs/toy.yaml"
     )
     p.add_argument("--step", type=int, required=True, help="CISS step to train (0 = base)")
-    p.add_argument("--teacher", help="previous step's checkpoint folder (default: from the run)")
+    p.add_argument("--teacher", help="previous step's checkpoint URI (default: from run.output)")
+    p.add_argument(
+        "--checkpoint-out", help="URI of this step's final checkpoint (default: from run.output)"
+    )
+    p.add_argument(
+        "--manifest", help="split manifest URI (default: <run.output>/split/manifest.json)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("evaluate", help="test metrics of a checkpoint (SPEC §7)")
     p.add_argument(
-        "--checkpoint", required=True, help="checkpoint folder (model.safetensors + meta.json)"
+        "--checkpoint", required=True, help="checkpoint URI (model.safetensors + meta.json)"
     )
+    p.add_argument("--manifest", help="split manifest URI (default: from the checkpoint's config)")
     p.add_argument(
         "--whole-image", action="store_true", help="evaluate whole images, not 512 crops"
     )
@@ -200,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="build the per-step split manifest of a run")
     p.add_argument("--config", required=True)
     p.add_argument("--reference-npy", help="folder with the authors' published .npy split lists")
+    p.add_argument(
+        "--manifest", help="manifest URI to write (default: <run.output>/split/manifest.json)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/VOC2012")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_split)

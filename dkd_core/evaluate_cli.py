@@ -2,29 +2,35 @@
 
 The checkpoint's metadata says which task, step and config trained it; the
 same test split is rebuilt from the run's manifest (or built, when the data
-lives elsewhere now and `data.root=...` is overridden).
+lives elsewhere now and `data.root=...` is overridden). Checkpoint, manifest
+and output may be s3:// URIs.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from dkd_core import distributed
-from dkd_core.checkpoint import load_model_checkpoint
+from dkd_core.checkpoint import open_model_checkpoint
 from dkd_core.config import config_from_dict
 from dkd_core.data import eval_loader
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationReport
-from dkd_core.train import RunPaths, evaluate_model, step_data, task_of
+from dkd_core.locations import cache_dir, parent, run_manifest_uri
+from dkd_core.step_data import step_data, task_of
+from dkd_core.storage import join, open_store
+from dkd_core.train import evaluate_model
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, overrides: list[str], whole_image: bool, output: str | None
-) -> tuple[SegmentationReport, Path, list[str]]:
+    checkpoint: str,
+    overrides: list[str],
+    whole_image: bool,
+    output: str | None,
+    manifest: str | None = None,
+) -> tuple[SegmentationReport, str, list[str]]:
+    """Evaluate; returns the report, the metrics URI written and the channel names."""
     info = distributed.init_distributed()
     try:
-        model, meta = load_model_checkpoint(checkpoint, map_location=info.device)
+        model, meta, _ = open_model_checkpoint(checkpoint, cache_dir("checkpoints"), info.device)
         if "config" not in meta or "step" not in meta:
             raise DKDError(
                 f"{checkpoint}: metadata has no training config/step (converted reference "
@@ -38,16 +44,16 @@ def evaluate_checkpoint(
                 f"{checkpoint}: heads {list(model.classes_per_step)} do not match "
                 f"step {step.index} of {step.task_name} ({list(step.classes_per_step)})"
             )
-        data = step_data(config, step, RunPaths(Path(config.run.output)), info)
-        test_set, channel_names = data.test, data.channel_names
+        data = step_data(config, step, manifest or run_manifest_uri(config.run.output), info)
         c = config.data
-        loader = eval_loader(test_set, c.eval_batch_size, info.rank, info.world_size, c.num_workers)
+        loader = eval_loader(
+            data.test, c.eval_batch_size, info.rank, info.world_size, c.num_workers
+        )
         report = evaluate_model(model, loader, step, info.device)
-        out = Path(output) if output else checkpoint.parent / "eval" / "metrics.json"
+        out = output or join(parent(checkpoint), "eval", "metrics.json")
         if info.is_main:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            results = {**report.to_dict(), "channel_names": channel_names}
-            out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        return report, out, channel_names
+            results = {**report.to_dict(), "channel_names": data.channel_names}
+            open_store(out).write_json(out, results)
+        return report, out, data.channel_names
     finally:
         distributed.cleanup()

@@ -6,8 +6,8 @@ classes, from candidates with known (pseudo-)label sets:
 - step t > 1: the previous step's memory (with its label sets) plus the train
   images of step t-1, whose label sets are their C_{t-1} labels plus the old
   classes the step t-1 model predicts with sigmoid >= 0.9 on background pixels.
-The chosen ids and their label sets are written to `step_<t>/memory.json`
-(reused on resume, and read by step t+1). Memory images join the step's train
+The chosen ids and their label sets are written to the step's memory.json
+(`step_data.exemplar_memory`; reused on resume, read by step t+1). Memory images join the step's train
 set with the same label masking as the others (only C_t is kept), so they
 serve distillation and as negatives for the new classes, as in the reference.
 
@@ -18,10 +18,8 @@ deterministic and does not lose classes to a crop.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +28,6 @@ from dkd_core import distributed
 from dkd_core.data import EvalTransform, SegmentationDataset, eval_loader, normalize
 from dkd_core.data.layout import Sample
 from dkd_core.data.splits import class_presence, select_memory
-from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3
 from dkd_core.tasks import TaskStep
 
@@ -89,29 +86,3 @@ def select(
 ) -> list[str]:
     ids = sorted(label_sets)
     return select_memory(ids, {i: label_sets[i] for i in ids}, old_labels, mem_size, seed)
-
-
-def write_memory(path: Path, step: int, chosen: Sequence[str], label_sets: Mapping) -> None:
-    record = {
-        "step": step,
-        "memory": sorted(chosen),
-        "label_sets": {i: sorted(label_sets[i]) for i in sorted(chosen)},
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
-def read_memory(path: Path) -> dict:
-    if not path.is_file():
-        raise DKDError(
-            f"{path} does not exist: the previous step's exemplar memory is needed "
-            "(train the previous step with the same data.memory_size)"
-        )
-    record = json.loads(path.read_text())
-    for key in ("step", "memory", "label_sets"):
-        if key not in record:
-            raise DKDError(f"{path}: missing key {key!r}")
-    record["label_sets"] = {k: set(v) for k, v in record["label_sets"].items()}
-    return record

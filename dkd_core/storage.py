@@ -112,9 +112,14 @@ class ObjectNotFoundError(DKDError, FileNotFoundError):
 # --------------------------------------------------------------------------- URIs
 
 
+# Kubeflow Pipelines names its artifacts minio://bucket/key (also behind SeaweedFS since KFP
+# 2.15); it is the same S3 API at the configured endpoint.
+S3_SCHEMES = (S3_SCHEME, "minio://")
+
+
 def is_remote(uri: str) -> bool:
-    """Whether `uri` names an S3 object or prefix (`s3://...`)."""
-    return str(uri).lower().startswith(S3_SCHEME)
+    """Whether `uri` names an S3 object or prefix (`s3://...`, or KFP's `minio://...`)."""
+    return str(uri).lower().startswith(S3_SCHEMES)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -137,7 +142,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/key` -> ("bucket", "some/key"); the key may be empty."""
     if not is_remote(uri):
         raise DKDError(f"{uri!r} is not an S3 URI: expected s3://bucket/key")
-    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
     if not bucket:
         raise DKDError(f"{uri!r} names no bucket: expected s3://bucket/key")
     return bucket, key

@@ -5,23 +5,20 @@ loads step t-1's final checkpoint into the student and a frozen teacher,
 initialises the new head from the auxiliary classifier, freezes BN, and trains
 with the DKD objective. Runs alone or under torchrun (see `distributed`).
 
-A run lives under `config.run.output`:
-    split/manifest.json               per-step image lists (built once, cached)
-    step_<t>/periodic/iter_<N>/       periodic checkpoints with training state
-    step_<t>/checkpoint/              the step's final model (meta.json written last)
-    step_<t>/eval/metrics.json        test metrics after the step (SPEC §7)
-Running the same command again resumes from the newest periodic checkpoint,
-or does nothing when the step's final checkpoint already exists.
+Every location is a URI (s3://, minio:// or a local path; see `locations`):
+the step's final checkpoint, its periodic checkpoints beside it, the split
+manifest, the teacher. Running the same command again resumes from the newest
+complete periodic checkpoint, or does nothing when the step's final
+checkpoint already exists.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,199 +26,37 @@ from torch.utils.data import DataLoader
 
 from dkd_core import distributed
 from dkd_core.checkpoint import (
-    load_model_checkpoint,
     load_training_tensors,
-    read_meta,
-    save_model_checkpoint,
+    open_model_checkpoint,
+    publish_model_checkpoint,
 )
 from dkd_core.config import Config, config_to_dict
-from dkd_core.data import (
-    EvalTransform,
-    SegmentationDataset,
-    TrainTransform,
-    eval_loader,
-    normalize,
-    open_layout,
-    train_loader,
-)
-from dkd_core.data.layout import Sample
-from dkd_core.data.splits import (
-    build_or_load_manifest,
-    manifest_from_reference_npy,
-    manifest_step,
-    read_manifest,
-    write_manifest,
-)
+from dkd_core.data import eval_loader, normalize, train_loader
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
+from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
-from dkd_core.memory import (
-    ground_truth_label_sets,
-    pseudo_label_sets,
-    read_memory,
-    select,
-    write_memory,
-)
 from dkd_core.metrics import TrainingMetrics, metrics_port
 from dkd_core.model import DeepLabV3, predict_from_logits
-from dkd_core.tasks import Task, TaskStep, get_task
+from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
+from dkd_core.storage import (
+    checkpoint_complete,
+    is_remote,
+    join,
+    latest_checkpoint,
+    local_path,
+    open_store,
+)
+from dkd_core.tasks import Task, TaskStep
 
 log = logging.getLogger("dkd_core.train")
-
-
-# -- where things live -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "split" / "manifest.json"
-
-    def step(self, t: int) -> Path:
-        return self.root / f"step_{t}"
-
-    def checkpoint(self, t: int) -> Path:
-        return self.step(t) / "checkpoint"
-
-    def periodic(self, t: int) -> Path:
-        return self.step(t) / "periodic"
-
-    def eval(self, t: int) -> Path:
-        return self.step(t) / "eval"
-
-
-def task_of(config: Config) -> Task:
-    c = config.task
-    return get_task(c.dataset, c.name, c.setting, num_classes=c.num_classes)
-
-
-# -- data --------------------------------------------------------------------------------
-
-
-@dataclass
-class StepData:
-    """What one step reads: its train and test sets and where they came from."""
-
-    train: SegmentationDataset
-    test: SegmentationDataset
-    channel_names: list[str]  # class name of each output channel
-    manifest: dict
-    train_samples: dict[str, Sample]  # every train image of the dataset, by id
-
-
-def train_dataset(config: Config, step: TaskStep, samples: list[Sample]) -> SegmentationDataset:
-    return SegmentationDataset(
-        samples,
-        step.label_lut(step.new_labels, fill=0),  # SPEC §2: only C_t stays
-        TrainTransform(config.data.crop_size),
-        seed=config.train.seed,
-        allowed_labels=range(task_of(config).num_classes + 1),
-    )
-
-
-def step_data(
-    config: Config, step: TaskStep, paths: RunPaths, info: distributed.DistInfo
-) -> StepData:
-    """Train and test sets of one step, from the run's (cached) split manifest."""
-    layout = open_layout(config.data.root, config.data.format)
-    task = task_of(config)
-    if layout.num_classes != task.num_classes:
-        raise DKDError(
-            f"dataset {config.data.root} has {layout.num_classes} classes, task "
-            f"{task.dataset}:{task.name} expects {task.num_classes} (task.num_classes)"
-        )
-    train_samples = {s.id: s for s in layout.samples("train")}
-    val_samples = {s.id: s for s in layout.samples("val")}
-    manifest = None
-    if info.is_main:  # one process reads the label PNGs, the others wait and read the result
-        manifest = run_manifest(config, task, layout, paths)
-    manifest = distributed.broadcast_object(manifest)
-    split = manifest_step(manifest, step.index)
-    test = SegmentationDataset(
-        [val_samples[i] for i in split.test],
-        step.label_lut(step.seen_labels, fill=layout.unseen_test_label),
-        EvalTransform(config.data.crop_size, whole_image=config.data.whole_image_eval),
-        seed=config.train.seed,
-        allowed_labels=range(task.num_classes + 1),
-    )
-    return StepData(
-        train=train_dataset(config, step, [train_samples[i] for i in split.train]),
-        test=test,
-        channel_names=[layout.class_names[label] for label in step.channel_to_label],
-        manifest=manifest,
-        train_samples=train_samples,
-    )
-
-
-def exemplar_memory(
-    config: Config, step: TaskStep, paths: RunPaths, data: StepData, teacher, info
-) -> list[str]:
-    """DKD-M: ids of the old-step images replayed at this step (SPEC §2; see `memory`)."""
-    path = paths.step(step.index) / "memory.json"
-    if path.is_file():  # chosen before an interruption: the same images again
-        return read_memory(path)["memory"]
-    previous = task_of(config).step(step.index - 1)
-    previous_train = [
-        data.train_samples[i] for i in manifest_step(data.manifest, previous.index).train
-    ]
-    if step.index == 1:
-        label_sets = ground_truth_label_sets(previous_train, previous.new_labels)
-    else:
-        label_sets = pseudo_label_sets(
-            teacher, previous_train, previous, config.data.crop_size, info
-        )
-        for image_id, labels in read_memory(paths.step(previous.index) / "memory.json")[
-            "label_sets"
-        ].items():
-            label_sets[image_id] = label_sets.get(image_id, set()) | labels
-    chosen = select(label_sets, step.old_labels, config.data.memory_size, config.train.seed)
-    if info.is_main:
-        write_memory(path, step.index, chosen, label_sets)
-        log.info("exemplar memory of step %d: %d images", step.index, len(chosen))
-    distributed.barrier()
-    return chosen
-
-
-def run_manifest(config: Config, task: Task, layout, paths: RunPaths) -> dict:
-    """The run's split manifest: an imported one (authors' lists) as is, else built or cached."""
-    if paths.manifest.is_file():
-        existing = read_manifest(paths.manifest)
-        imported = existing["inputs"].get("source") == "reference-npy"
-        if imported and existing["task"]["steps"] == [list(s) for s in task.steps]:
-            return existing
-    train, val = layout.samples("train"), layout.samples("val")
-    return build_or_load_manifest(
-        task,
-        [s.id for s in train],
-        [s.label for s in train],
-        [s.id for s in val],
-        [s.label for s in val],
-        num_workers=config.data.split_workers,
-        progress=config.train.progress,
-        cache_path=paths.manifest,
-    )
-
-
-def write_split_manifest(config: Config, reference_npy: str | None = None) -> tuple[Path, dict]:
-    """`split` command: build (or load) the run's manifest, or import the authors' .npy lists."""
-    paths = RunPaths(Path(config.run.output))
-    task = task_of(config)
-    if reference_npy:
-        manifest = manifest_from_reference_npy(task, Path(reference_npy))
-        write_manifest(manifest, paths.manifest)
-        return paths.manifest, manifest
-    layout = open_layout(config.data.root, config.data.format)
-    return paths.manifest, run_manifest(config, task, layout, paths)
 
 
 # -- model and optimisation --------------------------------------------------------------
 
 
 def build_student_and_teacher(
-    config: Config, step: TaskStep, paths: RunPaths, teacher_dir: Path | None = None
+    config: Config, step: TaskStep, teacher_uri: str | None
 ) -> tuple[DeepLabV3, DeepLabV3 | None]:
     """Step 0: a fresh model. Step t: step t-1's final model grown by one head, plus its frozen copy."""
     if step.index == 0:
@@ -231,17 +66,16 @@ def build_student_and_teacher(
             pretrained_backbone=m.pretrained,
         )  # fmt: skip
         return model, None
-    teacher_dir = teacher_dir or paths.checkpoint(step.index - 1)
-    if not (teacher_dir / "meta.json").is_file():
+    if teacher_uri is None or not checkpoint_complete(teacher_uri):
         raise DKDError(
-            f"step {step.index} needs step {step.index - 1}'s final checkpoint at {teacher_dir}; "
+            f"step {step.index} needs step {step.index - 1}'s final checkpoint at {teacher_uri}; "
             f"train step {step.index - 1} first (same config, --step {step.index - 1})"
         )
-    model, _ = load_model_checkpoint(teacher_dir)
+    model, _, _ = open_model_checkpoint(teacher_uri, cache_dir("checkpoints"))
     expected = step.classes_per_step[:-1]
     if model.classes_per_step != expected:
         raise DKDError(
-            f"{teacher_dir}: model has heads {list(model.classes_per_step)}, but step "
+            f"{teacher_uri}: model has heads {list(model.classes_per_step)}, but step "
             f"{step.index - 1} of {step.task_name} has {list(expected)}"
         )
     teacher = model.as_teacher()
@@ -281,6 +115,7 @@ def _training_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
 
 
 def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
+    """Optimizer momentum, schedule and RNG of a periodic checkpoint; returns its iteration."""
     tensors = load_training_tensors(directory, meta)
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available() and "rng.cuda" in tensors:
@@ -293,15 +128,6 @@ def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, d
     optimizer.load_state_dict({"state": state, "param_groups": meta["training"]["param_groups"]})
     scheduler.load_state_dict(meta["training"]["scheduler"])
     return int(meta["training"]["iteration"])
-
-
-def latest_periodic(directory: Path) -> Path | None:
-    """The newest periodic checkpoint whose metadata exists (meta.json is written last)."""
-    found = []
-    for candidate in directory.glob("iter_*"):
-        if (candidate / "meta.json").is_file():
-            found.append((read_meta(candidate)["training"]["iteration"], candidate))
-    return max(found)[1] if found else None
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -342,15 +168,29 @@ def start_metrics(config: Config, task: Task, step: TaskStep, info) -> TrainingM
     return metrics
 
 
-def train_step(config: Config, step_index: int, teacher_dir: Path | None = None) -> Path:
-    """Train one CISS step end to end; returns the final checkpoint folder."""
+def train_step(
+    config: Config,
+    step_index: int,
+    teacher: str | None = None,
+    checkpoint_out: str | None = None,
+    manifest: str | None = None,
+) -> str:
+    """Train one CISS step end to end; returns the URI of its final checkpoint.
+
+    By default every location follows `run.output` (`locations.StepLocations.of_run`);
+    a pipeline passes the step's checkpoint URI, the manifest URI and the teacher's.
+    """
     info = distributed.init_distributed()
     metrics = None
     try:
         task = task_of(config)
         step = task.step(step_index)
         metrics = start_metrics(config, task, step, info)
-        return _train_step(config, task, step, info, teacher_dir, metrics)
+        where = StepLocations.of_run(config.run.output, step.index)
+        where = StepLocations(checkpoint_out or where.checkpoint, manifest or where.manifest)
+        if teacher is None and step.index > 0:
+            teacher = StepLocations.of_run(config.run.output, step.index - 1).checkpoint
+        return _train_step(config, task, step, info, where, teacher, metrics)
     finally:
         if metrics is not None:
             metrics.close()
@@ -358,16 +198,14 @@ def train_step(config: Config, step_index: int, teacher_dir: Path | None = None)
 
 
 def _train_step(
-    config: Config, task: Task, step: TaskStep, info, teacher_dir: Path | None, metrics
-) -> Path:
+    config: Config, task: Task, step: TaskStep, info, where: StepLocations, teacher_uri, metrics
+) -> str:
     from tqdm import tqdm
 
-    paths = RunPaths(Path(config.run.output))
-    final_dir = paths.checkpoint(step.index)
-    if (final_dir / "meta.json").is_file():
+    if checkpoint_complete(where.checkpoint):
         if info.is_main:
-            log.info("step %d already complete: %s", step.index, final_dir)
-        return final_dir
+            log.info("step %d already complete: %s", step.index, where.checkpoint)
+        return where.checkpoint
 
     torch.manual_seed(config.train.seed)
     if config.data.batch_size % info.world_size:
@@ -376,11 +214,11 @@ def _train_step(
             f"{info.world_size} processes"
         )
     per_rank_batch = config.data.batch_size // info.world_size
-    data = step_data(config, step, paths, info)
-    model, teacher = build_student_and_teacher(config, step, paths, teacher_dir)
+    data = step_data(config, step, where.manifest, info)
+    model, teacher = build_student_and_teacher(config, step, teacher_uri)
     train_set = data.train
     if config.data.memory_size > 0 and step.index > 0:
-        memory = exemplar_memory(config, step, paths, data, teacher, info)
+        memory = exemplar_memory(config, step, where, teacher_uri, data, teacher, info)
         train_set = train_dataset(
             config, step, train_set.samples + [data.train_samples[i] for i in memory]
         )
@@ -405,15 +243,15 @@ def _train_step(
         optimizer, lambda it: lr_factor(config, it, max_iterations)
     )
     start = 0
-    resume_dir = latest_periodic(paths.periodic(step.index))
-    if resume_dir is not None:
-        meta = read_meta(resume_dir)
-        resumed, _ = load_model_checkpoint(resume_dir)
+    train_log = TrainLog(where.train_log, enabled=info.is_main)
+    resume_uri = latest_checkpoint(where.periodic)
+    if resume_uri is not None:  # all processes read it; the newest complete one, verified
+        resumed, meta, local = open_model_checkpoint(resume_uri, cache_dir("checkpoints"))
         model.load_state_dict(resumed.state_dict())
-        start = _restore_training_state(resume_dir, meta, optimizer, scheduler, info.device)
+        start = _restore_training_state(local, meta, optimizer, scheduler, info.device)
+        train_log.truncate(start)
         if info.is_main:
-            log.info("resumed step %d from %s (iteration %d)", step.index, resume_dir, start)
-            _truncate_log(paths.step(step.index) / "train_log.jsonl", start)
+            log.info("resumed step %d from %s (iteration %d)", step.index, resume_uri, start)
     net = distributed.prepare_model(model, info)
     if teacher is not None:
         teacher = teacher.to(info.device)
@@ -460,7 +298,7 @@ def _train_step(
             iteration += 1
             progress.update(1)
             if iteration % config.train.log_every == 0:
-                _log_iteration(paths, step, iteration, terms, scheduler, progress, info)
+                _log_iteration(train_log, iteration, terms, scheduler, progress, info)
                 metrics.observe_gpu_memory()
             if metrics.enabled:
                 metrics.observe_iteration(
@@ -473,8 +311,9 @@ def _train_step(
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
                 _save_periodic(
-                    paths, step, model, optimizer, scheduler, iteration, base_meta, info, metrics
+                    where, model, optimizer, scheduler, iteration, base_meta, info, metrics
                 )
+                train_log.publish()
             if iteration >= stop:
                 break
     progress.close()
@@ -485,22 +324,23 @@ def _train_step(
         report.miou_old, report.miou_new, report.miou_all, report.hiou, report.pixel_accuracy
     )
     if info.is_main:
-        started = time.perf_counter()
         results = {**report.to_dict(), "channel_names": data.channel_names}
-        save_model_checkpoint(final_dir, model, {**base_meta, "metrics": results})
-        size = sum(f.stat().st_size for f in final_dir.iterdir())
+        open_store(where.metrics).write_json(where.metrics, results)
+        train_log.publish()
+        started = time.perf_counter()
+        size = publish_model_checkpoint(
+            where.checkpoint, model, {**base_meta, "metrics": results},
+            scratch=cache_dir("scratch"),
+        )  # fmt: skip
         metrics.observe_checkpoint(time.perf_counter() - started, size)
         metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
-        paths.eval(step.index).mkdir(parents=True, exist_ok=True)
-        (paths.eval(step.index) / "metrics.json").write_text(
-            json.dumps(results, indent=2, sort_keys=True) + "\n"
-        )
-        shutil.rmtree(paths.periodic(step.index), ignore_errors=True)
+        open_store(where.periodic).delete_prefix(where.periodic)
         log.info(
-            "step %d done: %s\n%s", step.index, final_dir, report.format_table(data.channel_names)
-        )
+            "step %d done: %s\n%s",
+            step.index, where.checkpoint, report.format_table(data.channel_names),
+        )  # fmt: skip
     distributed.barrier()
-    return final_dir
+    return where.checkpoint
 
 
 def _check_finite(terms: dict[str, torch.Tensor], iteration: int, step: TaskStep, info) -> None:
@@ -514,26 +354,54 @@ def _check_finite(terms: dict[str, torch.Tensor], iteration: int, step: TaskStep
         )
 
 
-def _log_iteration(paths, step, iteration, terms, scheduler, progress, info) -> None:
-    """Loss terms averaged over all processes, to the progress bar and `train_log.jsonl`."""
+class TrainLog:
+    """`train_log.jsonl`: loss terms per logged iteration, averaged over all processes.
+
+    Written to a local file as training goes; when the step lives in S3 it is
+    published at every checkpoint and at the end. Only rank 0 writes.
+    """
+
+    def __init__(self, uri: str, enabled: bool):
+        self.uri, self.enabled = uri, enabled
+        remote = is_remote(uri)
+        digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        self.path = (
+            cache_dir("scratch") / f"train_log-{digest}.jsonl" if remote else local_path(uri)
+        )
+        if enabled and remote:
+            store = open_store(uri)
+            if store.exists(uri):  # resuming: continue the published log
+                self.path.write_text(store.read_text(uri))
+            else:
+                self.path.unlink(missing_ok=True)
+
+    def append(self, record: dict) -> None:
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate(self, iteration: int) -> None:
+        """After a resume, forget records the interrupted run wrote past its checkpoint."""
+        if self.enabled and self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def publish(self) -> None:
+        if self.enabled and is_remote(self.uri) and self.path.is_file():
+            open_store(self.uri).upload_file(self.path, self.uri)
+
+
+def _log_iteration(train_log: TrainLog, iteration, terms, scheduler, progress, info) -> None:
+    """Loss terms averaged over all processes, to the progress bar and the train log."""
     names = list(terms)
     values = distributed.all_reduce_mean(torch.stack([terms[k].detach().float() for k in names]))
     record = {"iteration": iteration, "lr": scheduler.get_last_lr()[0]}
     record.update({k: v for k, v in zip(names, values.tolist(), strict=True)})
     if info.is_main:
         progress.set_postfix({k: f"{record[k]:.4f}" for k in names}, refresh=False)
-        log_path = paths.step(step.index) / "train_log.jsonl"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _truncate_log(log_path: Path, iteration: int) -> None:
-    """After a resume, forget log records the interrupted run wrote past its checkpoint."""
-    if log_path.is_file():
-        lines = log_path.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        train_log.append(record)
 
 
 def _check_replicas_agree(model: torch.nn.Module, info) -> None:
@@ -555,25 +423,28 @@ def _check_replicas_agree(model: torch.nn.Module, info) -> None:
 
 
 def _save_periodic(
-    paths, step, model, optimizer, scheduler, iteration, base_meta, info, metrics
+    where: StepLocations, model, optimizer, scheduler, iteration, base_meta, info, metrics
 ) -> None:
+    """A checkpoint with training state under `<step>/periodic/`; older ones beyond
+    `train.keep_checkpoints` are deleted (resume picks by iteration, not by name)."""
     if info.is_main:
         started = time.perf_counter()
-        directory = paths.periodic(step.index) / f"iter_{iteration:08d}"
-        scheduler_state = scheduler.state_dict()  # lr_lambdas are [None, ...] for plain functions
-        param_groups = optimizer.state_dict()["param_groups"]
         meta = {
             **base_meta,
             "training": {
                 "iteration": iteration,
-                "scheduler": scheduler_state,
-                "param_groups": param_groups,
+                "scheduler": scheduler.state_dict(),  # lr_lambdas are [None, ...] for functions
+                "param_groups": optimizer.state_dict()["param_groups"],
             },
         }
-        save_model_checkpoint(directory, model, meta, _training_tensors(optimizer))
-        size = sum(f.stat().st_size for f in directory.iterdir())
+        uri = join(where.periodic, f"iter_{iteration:08d}")
+        size = publish_model_checkpoint(
+            uri, model, meta, _training_tensors(optimizer), scratch=cache_dir("scratch")
+        )
         metrics.observe_checkpoint(time.perf_counter() - started, size)
+        store = open_store(where.periodic)
+        folders = sorted({u.rstrip("/") for u in store.list(where.periodic, recursive=False)})
         keep = max(1, base_meta["config"]["train"]["keep_checkpoints"])
-        for old in sorted(paths.periodic(step.index).glob("iter_*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        for old in folders[:-keep]:
+            store.delete_prefix(old)
     distributed.barrier()

@@ -65,7 +65,8 @@ def test_imported_reference_splits_are_used_not_rebuilt(toy_root, tmp_path):
     import numpy as np
 
     from dkd_core.data import open_layout
-    from dkd_core.train import RunPaths, run_manifest, task_of
+    from dkd_core.locations import run_manifest_uri
+    from dkd_core.step_data import run_manifest, task_of
 
     config = toy_config(toy_root, tmp_path / "run")
     task = task_of(config)
@@ -78,6 +79,7 @@ def test_imported_reference_splits_are_used_not_rebuilt(toy_root, tmp_path):
     args = [f"data.root={toy_root}", f"run.output={tmp_path / 'run'}"]
     result = cli("split", "--config", str(CONFIGS / "toy.yaml"), *args, "--reference-npy", str(npy))
     assert result.returncode == 0, result.stderr
-    manifest = run_manifest(config, task, open_layout(toy_root), RunPaths(tmp_path / "run"))
+    uri = run_manifest_uri(str(tmp_path / "run"))
+    manifest = run_manifest(config, task, open_layout(toy_root), uri)
     assert manifest["inputs"] == {"source": "reference-npy"}
     assert manifest["steps"][1]["train"] == ["toy_00001", "toy_00011"]

@@ -145,7 +145,10 @@ def test_a_corrupted_periodic_checkpoint_is_refused(toy_root, tmp_path, monkeypa
 def test_exemplar_memory_through_two_incremental_steps(toy_root, tmp_path):
     """DKD-M: step 1 replays step-0 images chosen by ground truth, step 2 by pseudo-labels."""
     from dkd_core.data.splits import manifest_step, read_manifest
-    from dkd_core.memory import read_memory
+
+    def read_memory(path):
+        record = json.loads(path.read_text())
+        return {**record, "label_sets": {k: set(v) for k, v in record["label_sets"].items()}}
 
     config = toy_config(toy_root, tmp_path / "run", "data.memory_size=4")
     for t in range(3):

@@ -8,7 +8,7 @@ from PIL import Image
 
 from dkd_core import distributed
 from dkd_core.data.layout import Sample
-from dkd_core.memory import ground_truth_label_sets, pseudo_label_sets, read_memory, write_memory
+from dkd_core.memory import ground_truth_label_sets, pseudo_label_sets
 from dkd_core.model import SegmentationOutput
 from dkd_core.tasks import get_task
 
@@ -52,9 +52,3 @@ def test_pseudo_labels_only_on_confident_background_pixels(tmp_path):
         ScriptedModel(logits), [sample(tmp_path, "x", label)], step, crop_size=4, info=info
     )
     assert sets == {"x": {1, 3}}
-
-
-def test_memory_file_round_trip(tmp_path):
-    write_memory(tmp_path / "m.json", 2, ["b", "a"], {"a": {1}, "b": {2, 3}, "c": {4}})
-    record = read_memory(tmp_path / "m.json")
-    assert record["memory"] == ["a", "b"] and record["label_sets"] == {"a": {1}, "b": {2, 3}}

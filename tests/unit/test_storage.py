@@ -500,3 +500,10 @@ def test_permanent_errors_fail_at_once_with_a_specific_message(clock, error, mes
         fake_store(client).delete("s3://bucket/key")
     assert client.calls == 1 and clock.sleeps == []
     assert SECRET not in str(info.value)
+
+
+def test_kfp_minio_uris_are_s3():
+    from dkd_core.storage import is_remote, split_s3_uri
+
+    assert is_remote("minio://mlpipeline/v2/artifacts/run/model")
+    assert split_s3_uri("minio://mlpipeline/v2/artifacts/x") == ("mlpipeline", "v2/artifacts/x")
