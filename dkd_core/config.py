@@ -203,13 +203,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = "defaults"
     if path is not None:
         source = str(path)
-        if not Path(path).is_file():
-            raise DKDError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(_read_text(str(path))) or {}
         except yaml.YAMLError as e:
             raise DKDError(f"{path}: not valid YAML ({e})") from e
     return config_from_dict(data, overrides, source)
+
+
+def _read_text(uri: str) -> str:
+    """A config file's text, from a local path or an s3:// URI (e.g. written by a pipeline)."""
+    from dkd_core.storage import is_remote, open_store
+
+    if is_remote(uri):
+        return open_store(uri).read_text(uri)
+    if not Path(uri).is_file():
+        raise DKDError(f"config file {uri} does not exist")
+    return Path(uri).read_text()
 
 
 def config_from_dict(

@@ -91,6 +91,8 @@ class StepJob:
     teacher: str | None = None
     nproc_per_node: int = 1
     nodes: int = 1
+    checkpoint_out: str | None = None  # URI of the step's final checkpoint (a pipeline's Model)
+    manifest: str | None = None  # URI of the run's split manifest
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -116,14 +118,21 @@ class StepJob:
                     f"job {self.name}: override {o!r} is not 'dotted.key=value' "
                     "(e.g. optim.lr=0.01)"
                 )
-        if self.teacher is not None and not self.teacher.strip():
-            raise DKDError(f"job {self.name}: teacher must be a path/URI or None")
+        for field in ("teacher", "checkpoint_out", "manifest"):
+            value = getattr(self, field)
+            if value is not None and not value.strip():
+                raise DKDError(f"job {self.name}: {field} must be a path/URI or None")
 
     def train_args(self) -> list[str]:
         """Arguments after `-m dkd_core`: `train --config ... --step ... [--teacher ...] [k=v ...]`."""
         args = ["train", "--config", self.config_uri, "--step", str(self.step)]
-        if self.teacher is not None:
-            args += ["--teacher", self.teacher]
+        for flag, value in (
+            ("--teacher", self.teacher),
+            ("--checkpoint-out", self.checkpoint_out),
+            ("--manifest", self.manifest),
+        ):
+            if value is not None:
+                args += [flag, value]
         return [*args, *self.overrides]
 
     def command(self) -> list[str]:
