@@ -760,3 +760,22 @@ def test_schema_files_name_their_source_and_stay_small(file, source):
     assert path.stat().st_size < 1_500_000
     comment = json.loads(path.read_text())["$comment"]
     assert source in comment and "Apache-2.0" in comment and ".yaml" in comment
+
+
+def test_step_job_passes_pipeline_locations_to_train():
+    job = StepJob(
+        name="dkd-toy-step-1", config_uri="s3://runs/r/config.yaml", step=1,
+        teacher="minio://mlpipeline/a/model", checkpoint_out="minio://mlpipeline/b/model",
+        manifest="minio://mlpipeline/c/manifest", overrides=("optim.epochs=2",),
+    )  # fmt: skip
+    args = job.train_args()
+    assert args[:5] == ["train", "--config", "s3://runs/r/config.yaml", "--step", "1"]
+    for flag, value in (
+        ("--teacher", "minio://mlpipeline/a/model"),
+        ("--checkpoint-out", "minio://mlpipeline/b/model"),
+        ("--manifest", "minio://mlpipeline/c/manifest"),
+    ):
+        assert args[args.index(flag) + 1] == value
+    assert args[-1] == "optim.epochs=2"
+    with pytest.raises(DKDError, match="checkpoint_out"):
+        StepJob(name="dkd-x", config_uri="c.yaml", step=0, checkpoint_out=" ")
