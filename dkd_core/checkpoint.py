@@ -94,7 +94,8 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _verified_path(directory: Path, entry: dict[str, Any]) -> Path:
+def verified_payload(directory: Path, entry: dict[str, Any]) -> Path:
+    """The payload file a meta.json entry names, after checking its sha256."""
     path = directory / entry["file"]
     if not path.is_file():
         raise DKDError(f"{path} does not exist, but {directory / META_FILE} names it")
@@ -111,7 +112,7 @@ def load_training_tensors(directory: str | Path, meta: dict[str, Any]) -> dict[s
     """The verified training-state tensors of a periodic checkpoint."""
     if "training_tensors" not in meta:
         raise DKDError(f"{directory}: checkpoint holds no training state")
-    return load_file(str(_verified_path(Path(directory), meta["training_tensors"])))
+    return load_file(str(verified_payload(Path(directory), meta["training_tensors"])))
 
 
 def load_model_checkpoint(
@@ -120,7 +121,7 @@ def load_model_checkpoint(
     """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights."""
     directory = Path(directory)
     meta = read_meta(directory)
-    weights_path = _verified_path(directory, meta["weights"])
+    weights_path = verified_payload(directory, meta["weights"])
     arch = meta["model"]
     try:
         model = DeepLabV3(

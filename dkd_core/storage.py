@@ -59,7 +59,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tqdm import tqdm
 
-from dkd_core.checkpoint import META_FILE, sha256_file
+from dkd_core.checkpoint import META_FILE, sha256_file, verified_payload
 from dkd_core.errors import DKDError
 
 log = logging.getLogger(__name__)
@@ -877,17 +877,6 @@ def _read_local_meta(directory: Path) -> _Meta:
     return _parse_meta(meta_path.read_bytes(), str(meta_path))
 
 
-def _verify_local(path: Path, entry: Mapping[str, Any], meta_name: str) -> None:
-    if not path.is_file():
-        raise DKDError(f"{path} does not exist, but {meta_name} names it")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise DKDError(
-            f"{path}: checksum mismatch (sha256 {actual}, {meta_name} says {entry['sha256']}); "
-            "the file is corrupt or was replaced"
-        )
-
-
 def _store_for(uri: str, store: Store | None) -> Store:
     return store if store is not None else open_store(uri)
 
@@ -905,7 +894,7 @@ def upload_checkpoint(local_dir: Path, uri: str, store: Store | None = None) -> 
     store = _store_for(uri, store)
     meta = _read_local_meta(local_dir)
     for entry in meta.payloads:
-        _verify_local(local_dir / entry["file"], entry, str(local_dir / META_FILE))
+        verified_payload(local_dir, entry)
     if not is_remote(uri) and local_path(uri).resolve() == local_dir.resolve():
         return  # already in place
     store.delete(join(uri, META_FILE))
@@ -949,7 +938,7 @@ def fetch_checkpoint(uri: str, cache_dir: Path, store: Store | None = None) -> P
         directory = local_path(uri)
         local_meta = _read_local_meta(directory)
         for entry in local_meta.payloads:
-            _verify_local(directory / entry["file"], entry, str(directory / META_FILE))
+            verified_payload(directory, entry)
         return directory
 
     meta = _read_meta(uri, store)

@@ -57,46 +57,33 @@ def _need_spec(backend: str, spec: ClusterSpec | None) -> ClusterSpec:
     return spec
 
 
-def _launch_pytorchjob(
-    job: StepJob,
-    spec: ClusterSpec | None = None,
-    *,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    poll_seconds: float = 10.0,
-    keep: bool = False,
-    log: Log = print,
-    api: CustomObjectsAPI | None = None,
-    pod_logs: PodLogReader | None = None,
-) -> None:
-    """`PyTorchJobLauncher(api, pod_logs).launch(...)`."""
-    PyTorchJobLauncher(api, pod_logs).launch(
-        job, _need_spec("pytorchjob", spec), timeout_seconds, poll_seconds, keep, log
-    )
+def _cluster_backend(backend: str, launcher_class: type[ClusterLauncher]) -> Callable[..., None]:
+    """`launcher_class(api, pod_logs, **options).launch(...)` behind the `launch_step` signature."""
 
+    def launch(
+        job: StepJob,
+        spec: ClusterSpec | None = None,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        poll_seconds: float = 10.0,
+        keep: bool = False,
+        log: Log = print,
+        api: CustomObjectsAPI | None = None,
+        pod_logs: PodLogReader | None = None,
+        **options: Any,  # trainjob: runtime
+    ) -> None:
+        launcher = launcher_class(api, pod_logs, **options)
+        launcher.launch(job, _need_spec(backend, spec), timeout_seconds, poll_seconds, keep, log)
 
-def _launch_trainjob(
-    job: StepJob,
-    spec: ClusterSpec | None = None,
-    *,
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
-    poll_seconds: float = 10.0,
-    keep: bool = False,
-    log: Log = print,
-    api: CustomObjectsAPI | None = None,
-    pod_logs: PodLogReader | None = None,
-    runtime: str = DEFAULT_RUNTIME,
-) -> None:
-    """`TrainJobLauncher(api, pod_logs, runtime=runtime).launch(...)`."""
-    TrainJobLauncher(api, pod_logs, runtime=runtime).launch(
-        job, _need_spec("trainjob", spec), timeout_seconds, poll_seconds, keep, log
-    )
+    launch.__name__ = f"launch_{backend}"
+    return launch
 
 
 #: Backend name -> `fn(job, spec=None, **kw)`; see `launch_step`.
 LAUNCHERS: dict[str, Callable[..., None]] = {
     "local": _launch_local,
-    "pytorchjob": _launch_pytorchjob,
-    "trainjob": _launch_trainjob,
+    "pytorchjob": _cluster_backend("pytorchjob", PyTorchJobLauncher),
+    "trainjob": _cluster_backend("trainjob", TrainJobLauncher),
 }
 
 
