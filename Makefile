@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint format bench toy-data toy clean
+.PHONY: help setup test lint format bench demo run compile submit toy-data toy clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -36,6 +36,22 @@ bench: setup ## speed and memory figures vs baselines, saved as JSON in build/be
 	$(PY) benchmarks/bench_train.py --json build/bench/train.json
 	$(PY) benchmarks/bench_data.py --json build/bench/data.json
 	$(PY) benchmarks/toy_forgetting.py --json build/bench/toy_forgetting.json
+
+PIPELINE ?= toy
+DATA ?= data/$(PIPELINE)
+
+demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table
+	$(PY) -m pipelines demo
+
+run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012
+	$(PY) -m pipelines run $(PIPELINE) --data $(DATA)
+
+compile: setup ## compile a benchmark's pipeline to build/PIPELINE.yaml
+	$(PY) -m pipelines compile $(PIPELINE) --output build/$(PIPELINE).yaml
+
+submit: setup ## submit to Kubeflow Pipelines: make submit PIPELINE=voc_15-1 KFP_HOST=... [KFP_NAMESPACE=...] [EXPERIMENT=...]
+	$(PY) -m pipelines submit $(PIPELINE) $(if $(KFP_HOST),--host $(KFP_HOST)) \
+		$(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 toy-data: setup ## generate the toy dataset in data/toy
 	$(PY) -m dkd_core toy-data data/toy

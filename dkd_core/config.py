@@ -47,7 +47,6 @@ class DataConfig:
     whole_image_eval: bool = False  # the reference evaluates a 512 centre crop (SPEC §2)
     split_workers: int = 0  # processes for the class-presence pass
     memory_size: int = 0  # DKD-M exemplars replayed from step 1 on (VOC 100, ADE20K 300); 0 = DKD
-    memory_size: int = 0  # DKD-M exemplars (VOC 100, ADE20K 300); 0 = off
 
 
 @dataclass(frozen=True)

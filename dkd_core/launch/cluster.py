@@ -75,9 +75,11 @@ class ClusterSpec:
     Quantities (`cpu_*`, `memory_*`, `shm_size`) are Kubernetes quantities
     ("4", "500m", "16Gi"); `None` leaves a request/limit unset. `env`,
     `node_selector` and `labels` also accept a mapping. `s3_secret` names a
-    Secret whose keys become environment variables (PyTorchJob: `envFrom`);
-    a TrainJob (release 2.3) has no `envFrom`, so there each key listed in
-    `s3_secret_keys` is mapped with `secretKeyRef` instead.
+    Secret with the S3 credentials. `s3_secret_env` maps environment variable
+    names to its keys (e.g. KFP's `mlpipeline-minio-artifact`: AWS_ACCESS_KEY_ID
+    -> accesskey) and is rendered as `secretKeyRef`s; without it a PyTorchJob
+    takes every key of the Secret under its own name (`envFrom`). A TrainJob
+    (release 2.3) has no `envFrom` for the trainer, so it needs `s3_secret_env`.
     """
 
     namespace: str
@@ -90,7 +92,7 @@ class ClusterSpec:
     memory_limit: str | None = None
     shm_size: str | None = "8Gi"
     s3_secret: str | None = None
-    s3_secret_keys: tuple[str, ...] = ()
+    s3_secret_env: Pairs = ()  # (environment variable, Secret key)
     env: Pairs = ()
     service_account: str | None = None
     node_selector: Pairs = ()
@@ -103,10 +105,9 @@ class ClusterSpec:
     run_as_user: int | None = None
 
     def __post_init__(self) -> None:
-        for field in ("env", "node_selector", "labels"):
+        for field in ("env", "node_selector", "labels", "s3_secret_env"):
             object.__setattr__(self, field, _pairs(getattr(self, field), field))
         object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
-        object.__setattr__(self, "s3_secret_keys", tuple(self.s3_secret_keys))
         if not _DNS_LABEL.match(self.namespace or "") or len(self.namespace) > 63:
             raise DKDError(f"cluster spec: namespace {self.namespace!r} is not a valid namespace")
         if not isinstance(self.image, str) or not self.image.strip():
@@ -178,6 +179,13 @@ class ClusterSpec:
             "limits": {k: v for k, v in limits.items() if v is not None},
         }
         return {k: v for k, v in out.items() if v}
+
+    def secret_env_list(self) -> list[dict[str, Any]]:
+        """`s3_secret_env` as container env entries with `secretKeyRef`s."""
+        return [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}}}
+            for name, key in self.s3_secret_env
+        ]
 
     def env_list(self) -> list[dict[str, Any]]:
         """Container `env`: `PYTHONUNBUFFERED=1` then `env` (later names win, no duplicates)."""

@@ -49,7 +49,9 @@ def _replica(job: StepJob, spec: ClusterSpec, replicas: int) -> dict[str, Any]:
         "volumeMounts": [spec.shm_mount()],
         "securityContext": spec.container_security_context(),
     }
-    if spec.s3_secret:
+    if spec.s3_secret and spec.s3_secret_env:
+        container["env"] = [*container["env"], *spec.secret_env_list()]
+    elif spec.s3_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.s3_secret}}]
     pod_spec: dict[str, Any] = {
         "containers": [container],

@@ -10,7 +10,7 @@ and the container's volumeMounts and securityContext:
 
 - /dev/shm: an emptyDir volume and mount, patched in;
 - S3 credentials: a container patch has no `envFrom` (and may not set env on
-  `node`), so each key listed in `ClusterSpec.s3_secret_keys` is mapped with a
+  `node`), so each entry of `ClusterSpec.s3_secret_env` is mapped with a
   `secretKeyRef` in `spec.trainer.env`;
 - not expressible in a TrainJob, left to the runtime: `imagePullPolicy`, the
   pods' restart policy, backoff (JobSet `failurePolicy`), clean-up of finished
@@ -58,19 +58,15 @@ def _check_name_budget(job: StepJob) -> None:
 def _trainer_env(spec: ClusterSpec) -> list[dict[str, Any]]:
     env = spec.env_list()
     if spec.s3_secret:
-        if not spec.s3_secret_keys:
+        if not spec.s3_secret_env:
             raise DKDError(
                 f"cluster spec: a TrainJob cannot inject the whole Secret {spec.s3_secret!r} "
-                "(release 2.3 has no envFrom for the trainer): list its keys in "
-                "s3_secret_keys, or add the envFrom to the ClusterTrainingRuntime and leave "
+                "(release 2.3 has no envFrom for the trainer): map its keys in "
+                "s3_secret_env, or add the envFrom to the ClusterTrainingRuntime and leave "
                 "s3_secret unset"
             )
         taken = {e["name"] for e in env}
-        env += [
-            {"name": key, "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key}}}
-            for key in spec.s3_secret_keys
-            if key not in taken
-        ]
+        env += [e for e in spec.secret_env_list() if e["name"] not in taken]
     return env
 
 

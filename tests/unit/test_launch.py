@@ -111,7 +111,7 @@ def make_spec(gpus: int = 0, **kw: Any) -> ClusterSpec:
         "memory_limit": "32Gi",
         "shm_size": "8Gi",
         "s3_secret": "dkd-s3",
-        "s3_secret_keys": ("S3_ACCESS_KEY", "S3_SECRET_KEY"),
+        "s3_secret_env": {"AWS_ACCESS_KEY_ID": "accesskey", "AWS_SECRET_ACCESS_KEY": "secretkey"},
         "env": (("S3_ENDPOINT", "http://minio:9000"),),
         "service_account": "dkd-runner",
         "node_selector": (("nvidia.com/gpu.present", "true"),),
@@ -262,15 +262,28 @@ def test_pytorchjob_manifest_is_valid_and_complete(gpus, nodes):
         assert pod["volumes"] == [
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
         ]
-        assert c["envFrom"] == [{"secretRef": {"name": "dkd-s3"}}]
-        env = {e["name"]: e["value"] for e in c["env"]}
-        assert env == {"PYTHONUNBUFFERED": "1", "S3_ENDPOINT": "http://minio:9000"}
+        # Secret keys mapped to the variable names the store reads (KFP's Secret style).
+        assert "envFrom" not in c
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+        assert env == {
+            "PYTHONUNBUFFERED": "1",
+            "S3_ENDPOINT": "http://minio:9000",
+            "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "dkd-s3", "key": "accesskey"}},
+            "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "dkd-s3", "key": "secretkey"}},
+        }
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
         assert pod["serviceAccountName"] == "dkd-runner"
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_pytorchjob_takes_a_whole_secret_without_a_key_mapping():
+    spec = ClusterSpec(namespace="default", image="dkd:dev", s3_secret="dkd-s3")
+    m = render_pytorchjob(StepJob(name="dkd-a", config_uri="c.yaml", step=0), spec)
+    [c] = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert c["envFrom"] == [{"secretRef": {"name": "dkd-s3"}}]
 
 
 def test_pytorchjob_minimal_spec_omits_unset_fields():
@@ -344,8 +357,8 @@ def test_trainjob_manifest_is_valid_and_complete(gpus, nodes):
     assert t["resourcesPerNode"]["requests"] == {"cpu": "4", "memory": "16Gi"}
     env = {e["name"]: e for e in t["env"]}
     assert env["PYTHONUNBUFFERED"]["value"] == "1"
-    assert env["S3_ACCESS_KEY"]["valueFrom"] == {
-        "secretKeyRef": {"name": "dkd-s3", "key": "S3_ACCESS_KEY"}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {
+        "secretKeyRef": {"name": "dkd-s3", "key": "accesskey"}
     }
     [patch] = s["runtimePatches"]
     [rjob] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
@@ -363,8 +376,8 @@ def test_trainjob_manifest_is_valid_and_complete(gpus, nodes):
 
 
 def test_trainjob_needs_secret_keys_for_s3_and_takes_a_runtime():
-    with pytest.raises(DKDError, match="s3_secret_keys"):
-        render_trainjob(make_job(), make_spec(s3_secret_keys=()))
+    with pytest.raises(DKDError, match="s3_secret_env"):
+        render_trainjob(make_job(), make_spec(s3_secret_env=()))
     m = render_trainjob(make_job(), make_spec(s3_secret=None), runtime="dkd-torch")
     assert m["spec"]["runtimeRef"]["name"] == "dkd-torch"
     assert all("valueFrom" not in e for e in m["spec"]["trainer"]["env"])
@@ -383,7 +396,7 @@ def test_rendering_needs_no_kubernetes_package():
         sys.modules["kubernetes"] = None  # any import of it now fails
         from dkd_core.launch import ClusterSpec, StepJob, render_pytorchjob, render_trainjob
         job = StepJob(name="dkd-a", config_uri="c.yaml", step=0)
-        spec = ClusterSpec(namespace="ns", image="img", s3_secret="s", s3_secret_keys=("K",))
+        spec = ClusterSpec(namespace="ns", image="img", s3_secret="s", s3_secret_env={"K": "k"})
         render_pytorchjob(job, spec)
         render_trainjob(job, spec)
         assert not any(m.startswith("kubernetes") for m in sys.modules if sys.modules[m])

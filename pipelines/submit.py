@@ -1,0 +1,168 @@
+"""Submit a compiled pipeline to Kubeflow Pipelines: upload (or add a version), create a run.
+
+Where KFP is: `--host` or `$KFP_HOST` (e.g. http://localhost:8080 after
+`kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`); a bearer token,
+when the endpoint needs one, from `--token` or `$KFP_TOKEN`. A host that cannot
+be reached, or that turns the request away, is a one-line `DKDError` saying
+what to set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dkd_core.errors import DKDError
+
+HOST_ENV = "KFP_HOST"
+TOKEN_ENV = "KFP_TOKEN"
+HEALTHZ = "/apis/v2beta1/healthz"
+PORT_FORWARD = "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+    run_id: str
+    url: str
+
+
+def resolve_host(host: str | None) -> str:
+    """`host` or $KFP_HOST, with http:// added when no scheme is given, without a trailing /."""
+    host = (host or os.environ.get(HOST_ENV, "")).strip()
+    if not host:
+        raise DKDError(
+            f"no Kubeflow Pipelines host: pass --host URL or set {HOST_ENV} "
+            f"(e.g. {HOST_ENV}=http://localhost:8080 after `{PORT_FORWARD}`)"
+        )
+    if "://" not in host:
+        host = "http://" + host
+    return host.rstrip("/")
+
+
+def check_host(host: str, token: str | None = None, timeout: float = 10.0) -> None:
+    """Ask KFP's health endpoint once; raise a `DKDError` saying what to fix if that fails.
+
+    (kfp.Client retries an unauthorised answer five times, 5 s apart, and then
+    reports a timeout; this tells the cases apart at once.)
+    """
+    request = urllib.request.Request(host + HEALTHZ, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read(65536)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise DKDError(
+                f"Kubeflow Pipelines at {host} refused the request (HTTP {e.code}): "
+                f"set {TOKEN_ENV} (or --token) to a valid token for it"
+            ) from None
+        raise DKDError(
+            f"{host}{HEALTHZ} answered HTTP {e.code} {e.reason}: is {host} the Kubeflow "
+            f"Pipelines API? Set --host or {HOST_ENV} to it"
+        ) from None
+    except OSError as e:  # URLError, refused, timeout, DNS
+        reason = getattr(e, "reason", e)
+        raise DKDError(
+            f"cannot reach Kubeflow Pipelines at {host} ({reason}): set --host or {HOST_ENV} "
+            f"to a reachable address (e.g. http://localhost:8080 after `{PORT_FORWARD}`)"
+        ) from None
+    try:
+        json.loads(body)
+    except ValueError:  # e.g. a login page after a redirect
+        raise DKDError(
+            f"{host}{HEALTHZ} did not answer with JSON (a login page?): set {TOKEN_ENV} "
+            f"(or --token) to a token, or --host/{HOST_ENV} to the API's address"
+        ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    body = getattr(exc, "body", None)
+    message = ""
+    if body:
+        try:
+            message = json.loads(body).get("message", "")
+        except (ValueError, TypeError, AttributeError):
+            message = str(body)[:300]
+    head = f"HTTP {status} {getattr(exc, 'reason', '')}".strip() if status else str(exc)
+    return " ".join(f"{head}: {message}".split()) if message else " ".join(head.split())
+
+
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """What kfp.Client raises for a server's answer or a network failure."""
+    import kfp_server_api
+    import urllib3
+
+    return (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def submit(
+    package: str | Path,
+    pipeline_name: str,
+    description: str,
+    params: Mapping[str, Any],
+    host: str | None = None,
+    namespace: str | None = None,
+    experiment: str | None = None,
+    token: str | None = None,
+    client: Any = None,
+) -> Submitted:
+    """Upload `package` as `pipeline_name` (a new version if it exists), start a run, return it."""
+    host = resolve_host(host)
+    token = token or os.environ.get(TOKEN_ENV) or None
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    try:
+        if client is None:
+            import kfp
+
+            check_host(host, token)
+            with (
+                warnings.catch_warnings()
+            ):  # "This client only works with KFP v2.0.0-beta.2 and later"
+                warnings.simplefilter("ignore", FutureWarning)
+                client = kfp.Client(
+                    host=host, namespace=namespace or "kubeflow", existing_token=token
+                )
+        pipeline_id = client.get_pipeline_id(pipeline_name)
+        if pipeline_id is None:
+            pipeline_id = client.upload_pipeline(
+                str(package), pipeline_name=pipeline_name, description=description,
+                namespace=namespace,
+            ).pipeline_id  # fmt: skip
+            versions = client.list_pipeline_versions(pipeline_id, sort_by="created_at desc")
+            version_id = versions.pipeline_versions[0].pipeline_version_id
+        else:
+            version_id = client.upload_pipeline_version(
+                str(package), pipeline_version_name=f"{pipeline_name}-{stamp}",
+                pipeline_id=pipeline_id, description=description,
+            ).pipeline_version_id  # fmt: skip
+        exp = client.create_experiment(experiment or pipeline_name, namespace=namespace)
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id, job_name=f"{pipeline_name}-{stamp}",
+            params=dict(params), pipeline_id=pipeline_id, version_id=version_id,
+        )  # fmt: skip
+    except DKDError:
+        raise
+    except _client_errors() as e:
+        status = getattr(e, "status", None)
+        hint = f" (set {TOKEN_ENV} or --token)" if status in (401, 403) else ""
+        raise DKDError(f"Kubeflow Pipelines at {host}: {_describe(e)}{hint}") from None
+    return Submitted(
+        pipeline_id,
+        version_id,
+        exp.experiment_id,
+        run.run_id,
+        f"{host}/#/runs/details/{run.run_id}",
+    )

@@ -1,0 +1,432 @@
+"""The Kubeflow pipelines: compiled IR per benchmark (golden files), DAG shape, CLI errors.
+
+Golden files live in tests/golden/pipelines/<name>.yaml; after an intended
+change to the components, the builder or a config, rewrite them with
+
+    UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_pipelines.py
+"""
+
+import http.server
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+import components
+from dkd_core.config import load_config
+from dkd_core.errors import DKDError
+from dkd_core.step_data import task_of
+from pipelines import available_configs, build_pipeline, compile_pipeline, config_path
+from pipelines.__main__ import main
+from pipelines.local import TaskClock
+from pipelines.params import parse_params
+from pipelines.submit import check_host, resolve_host, submit
+
+REPO = Path(__file__).parents[2]
+GOLDEN = REPO / "tests" / "golden" / "pipelines"
+BENCHMARKS = [
+    "voc_19-1", "voc_15-5", "voc_15-1", "voc_10-1", "voc_5-3",
+    "ade_100-50", "ade_100-10", "ade_50-50", "toy",
+]  # fmt: skip
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=120, env=env if env is not None else os.environ.copy(),
+    )  # fmt: skip
+
+
+def load_ir(path: Path) -> dict:
+    """The pipeline spec, with the platform spec (2nd YAML document, if any) as "platforms"."""
+    spec, *platform = yaml.safe_load_all(path.read_text())
+    for doc in platform:
+        spec.setdefault("platforms", {}).update(doc["platforms"])
+    return spec
+
+
+def tasks_of(ir: dict) -> dict[str, dict]:
+    return ir["root"]["dag"]["tasks"]
+
+
+def by_component(ir: dict, prefix: str) -> list[str]:
+    """Task names whose component is `prefix` (comp-train-step, comp-train-step-2, ...)."""
+    return sorted(
+        (n for n, t in tasks_of(ir).items() if t["componentRef"]["name"].startswith(prefix)),
+        key=lambda n: int(m.group(1)) if (m := re.search(r"-(\d+)$", n)) else 1,
+    )
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, Path]:
+    """Every benchmark compiled once with the defaults (PyTorchJob launcher, cluster settings)."""
+    out = tmp_path_factory.mktemp("ir")
+    return {name: compile_pipeline(name, out / f"{name}.yaml") for name in BENCHMARKS}
+
+
+def test_every_config_is_covered():
+    assert sorted(BENCHMARKS) == available_configs()
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_compiled_pipeline_matches_golden(compiled, name):
+    text = compiled[name].read_text()
+    golden = GOLDEN / f"{name}.yaml"
+    if UPDATE:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert golden.is_file(), f"{golden} is missing: run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == golden.read_text(), (
+        f"{name}: compiled pipeline differs from {golden}; if intended, "
+        "rewrite the golden files with UPDATE_GOLDEN=1"
+    )
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_one_train_and_one_evaluate_task_per_step(compiled, name):
+    ir = load_ir(compiled[name])
+    steps = task_of(load_config(config_path(name))).num_steps
+    trains, evals = by_component(ir, "comp-train-step"), by_component(ir, "comp-evaluate")
+    assert len(trains) == len(evals) == steps
+    assert len(by_component(ir, "comp-split-data")) == len(by_component(ir, "comp-report")) == 1
+    tasks = tasks_of(ir)
+    for t, (train, evaluation) in enumerate(zip(trains, evals, strict=True)):
+        args = tasks[train]["inputs"]
+        assert args["parameters"]["step"]["runtimeValue"]["constant"] == t
+        teacher = args["artifacts"].get("teacher")
+        history = tasks[evaluation]["inputs"]["artifacts"].get("history_in")
+        model = tasks[evaluation]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+        assert model["producerTask"] == train
+        if t == 0:
+            assert teacher is None and history is None
+        else:
+            assert teacher["taskOutputArtifact"] == {
+                "outputArtifactKey": "model",
+                "producerTask": trains[t - 1],
+            }
+            assert history["taskOutputArtifact"]["producerTask"] == evals[t - 1]
+    report = tasks[by_component(ir, "comp-report")[0]]["inputs"]["artifacts"]["history"]
+    assert report["taskOutputArtifact"]["producerTask"] == evals[-1]
+
+
+def test_voc_15_1_has_six_steps(compiled):
+    ir = load_ir(compiled["voc_15-1"])
+    assert len(by_component(ir, "comp-train-step")) == 6
+    assert len(by_component(ir, "comp-evaluate")) == 6
+
+
+def test_compiling_twice_gives_identical_files(tmp_path):
+    first = compile_pipeline("voc_15-1", tmp_path / "a.yaml", launcher="trainjob")
+    second = compile_pipeline("voc_15-1", tmp_path / "b.yaml", launcher="trainjob")
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_pipeline_parameters_and_embedded_config(compiled):
+    ir = load_ir(compiled["toy"])
+    params = ir["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {
+        "dataset_uri", "image", "gpus_per_pod", "pods_per_step", "epochs", "overrides",
+        "namespace", "timeout_hours",
+    }  # fmt: skip
+    assert params["dataset_uri"]["defaultValue"] == "data/toy"
+    assert params["epochs"]["defaultValue"] == 30
+    assert ir["pipelineInfo"]["name"] == "dkd-toy"
+    train = tasks_of(ir)["train-step"]["inputs"]["parameters"]
+    embedded = yaml.safe_load(train["config_yaml"]["runtimeValue"]["constant"])
+    assert embedded["task"] == {"dataset": "toy", "name": "4-1", "setting": "overlap",
+                                "num_classes": 6}  # fmt: skip
+    assert embedded["optim"]["momentum"] == 0.9  # resolved: defaults included
+    assert train["launcher"]["runtimeValue"]["constant"] == "pytorchjob"
+    # the optional inputs of step 0 are declared optional
+    comp = ir["components"]["comp-train-step"]["inputDefinitions"]["artifacts"]
+    assert comp["teacher"]["isOptional"] is True
+    assert set(ir["root"]["outputDefinitions"]["artifacts"]) == {
+        "report", "markdown", "plots", "history"
+    }  # fmt: skip
+
+
+def test_cluster_settings_of_the_tasks(compiled):
+    ir = load_ir(compiled["toy"])
+    tasks = tasks_of(ir)
+    for name in by_component(ir, "comp-train-step"):
+        assert tasks[name]["retryPolicy"]["maxRetryCount"] == 2
+        assert tasks[name]["retryPolicy"]["backoffDuration"] == "60s"
+        assert not tasks[name]["cachingOptions"].get("enableCache")
+    assert tasks["evaluate"]["cachingOptions"]["enableCache"] is True
+    executors = ir["deploymentSpec"]["executors"]
+    # PyTorchJob: the training runs in the job's pods, evaluation in the component's
+    assert "resources" not in executors["exec-train-step"]["container"]
+    assert (
+        executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    )
+    assert {"name": "S3_ENDPOINT", "value": "http://minio-service.kubeflow:9000"} in executors[
+        "exec-train-step"
+    ]["container"]["env"]
+    platform = ir["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secret = platform["exec-train-step"]["secretAsEnv"][0]
+    assert secret["secretName"] == "mlpipeline-minio-artifact"
+    assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
+        ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")
+    }  # fmt: skip
+    assert platform["exec-evaluate"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert "exec-report" not in platform  # reads and writes only its own artifacts
+
+
+def test_local_launcher_asks_for_gpus_in_the_train_pod(tmp_path):
+    path = compile_pipeline(
+        "toy", tmp_path / "p.yaml", launcher="local", gpus_per_pod=4, image="reg/dkd:dev",
+        s3_secret="dkd-s3", s3_secret_keys={"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"},
+    )  # fmt: skip
+    ir = load_ir(path)
+    container = ir["deploymentSpec"]["executors"]["exec-train-step"]["container"]
+    assert container["resources"]["accelerator"]["resourceCount"] == "4"
+    assert container["image"] == "reg/dkd:dev"
+    assert ir["root"]["inputDefinitions"]["parameters"]["image"]["defaultValue"] == "reg/dkd:dev"
+    platform = ir["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert platform["exec-train-step"]["secretAsEnv"][0]["secretName"] == "dkd-s3"
+
+
+def test_local_build_has_no_kubernetes_settings(tmp_path):
+    from kfp import compiler
+
+    pipeline = build_pipeline(config_path("toy"), launcher="local", gpus_per_pod=0, cluster=False)
+    compiler.Compiler().compile(pipeline, str(tmp_path / "p.yaml"))
+    ir = load_ir(tmp_path / "p.yaml")
+    assert "platforms" not in ir
+    for executor in ir["deploymentSpec"]["executors"].values():
+        assert "resources" not in executor["container"] and "env" not in executor["container"]
+    assert all("retryPolicy" not in t for t in tasks_of(ir).values())
+
+
+def test_components_on_another_image():
+    other = components.with_image("registry.example/dkd:dev")
+    for name in ("split_data", "train_step", "evaluate", "report"):
+        spec = getattr(other, name).component_spec
+        assert spec.implementation.container.image == "registry.example/dkd:dev"
+        default = getattr(components, name).component_spec
+        assert default.implementation.container.image == components.IMAGE
+        assert spec.inputs == default.inputs and spec.outputs == default.outputs
+
+
+# -- errors a user meets ------------------------------------------------------------
+
+
+def test_unknown_pipeline_lists_the_configs(tmp_path, capsys):
+    assert main(["compile", "voc_15-2", "--output", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown pipeline 'voc_15-2'" in err and "voc_15-1" in err and "toy" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("task:\n  dataset: voc\n  nmae: 15-1\n", "unknown key 'task.nmae'"),
+        ("task:\n  dataset: voc\n  name: 15-7\n", "15-7"),
+        ("optim:\n  epochs: many\n", "'optim.epochs': expected int"),
+        ("run: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_malformed_config_fails_before_compiling(tmp_path, capsys, text, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(DKDError, match=re.escape(expected)):
+        build_pipeline(bad)
+    assert main(["compile", str(bad), "--output", str(tmp_path / "out.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert not list(tmp_path.glob("*out*"))
+
+
+def test_bad_builder_options():
+    with pytest.raises(DKDError, match="launcher 'slurm'"):
+        build_pipeline(config_path("toy"), launcher="slurm")
+    with pytest.raises(DKDError, match="gpus_per_pod"):
+        build_pipeline(config_path("toy"), gpus_per_pod=-1)
+    with pytest.raises(DKDError, match=r"\.yaml"):
+        compile_pipeline("toy", "pipeline.json")
+
+
+def test_submit_to_an_unreachable_host_is_one_line():
+    started = time.monotonic()
+    result = cli("submit", "toy", "--host", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach Kubeflow Pipelines at http://127.0.0.1:9" in lines[0]
+    assert "KFP_HOST" in lines[0]
+    assert time.monotonic() - started < 60
+
+
+def test_submit_without_host_says_to_set_kfp_host():
+    env = {k: v for k, v in os.environ.items() if k != "KFP_HOST"}
+    result = cli("submit", "toy", env=env)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "set KFP_HOST" in result.stderr
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    status, body, content_type = 200, b"{}", "application/json"
+
+    def do_GET(self):
+        self.send_response(self.status)
+        self.send_header("Content-Type", self.content_type)
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_kfp():
+    """An HTTP server whose healthz answer the test sets."""
+    handler = type("Handler", (_Handler,), {})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_port}", handler=handler)
+    server.shutdown()
+    server.server_close()
+
+
+def test_unauthorised_host_says_to_set_a_token(fake_kfp):
+    fake_kfp.handler.status = 401
+    with pytest.raises(DKDError, match=r"HTTP 401.*set KFP_TOKEN"):
+        check_host(fake_kfp.url)
+    fake_kfp.handler.status, fake_kfp.handler.body = 200, b"<html>login</html>"
+    fake_kfp.handler.content_type = "text/html"
+    with pytest.raises(DKDError, match="login page"):
+        check_host(fake_kfp.url)
+    fake_kfp.handler.body = b'{"commit_sha": "x", "multi_user": false}'
+    check_host(fake_kfp.url)
+
+
+def test_resolve_host(monkeypatch):
+    monkeypatch.setenv("KFP_HOST", "localhost:8080/")
+    assert resolve_host(None) == "http://localhost:8080"
+    assert resolve_host("https://kfp.example") == "https://kfp.example"
+    monkeypatch.delenv("KFP_HOST")
+    with pytest.raises(DKDError, match="set KFP_HOST"):
+        resolve_host(None)
+
+
+class FakeClient:
+    """The part of kfp.Client that `submit` uses."""
+
+    def __init__(self, existing: str | None = None):
+        self.existing = existing
+        self.calls: list[tuple] = []
+
+    def get_pipeline_id(self, name):
+        return self.existing
+
+    def upload_pipeline(self, path, pipeline_name=None, description=None, namespace=None):
+        self.calls.append(("upload_pipeline", pipeline_name))
+        return SimpleNamespace(pipeline_id="p-new")
+
+    def list_pipeline_versions(self, pipeline_id, sort_by=""):
+        version = SimpleNamespace(pipeline_version_id="v-first")
+        return SimpleNamespace(pipeline_versions=[version])
+
+    def upload_pipeline_version(self, path, pipeline_version_name, pipeline_id, description):
+        self.calls.append(("upload_pipeline_version", pipeline_id, pipeline_version_name))
+        return SimpleNamespace(pipeline_version_id="v-next")
+
+    def create_experiment(self, name, namespace=None):
+        self.calls.append(("create_experiment", name, namespace))
+        return SimpleNamespace(experiment_id="e-1")
+
+    def run_pipeline(self, experiment_id, job_name, params, pipeline_id, version_id):
+        self.calls.append(("run_pipeline", experiment_id, pipeline_id, version_id, params))
+        return SimpleNamespace(run_id="r-1")
+
+
+def test_submit_uploads_a_new_pipeline_or_a_new_version(tmp_path):
+    package = compile_pipeline("toy", tmp_path / "toy.yaml")
+    client = FakeClient()
+    result = submit(package, "dkd-toy", "d", {"epochs": 3}, host="http://kfp:8080", client=client)
+    assert result.url == "http://kfp:8080/#/runs/details/r-1"
+    assert client.calls[0] == ("upload_pipeline", "dkd-toy")
+    assert client.calls[-1] == ("run_pipeline", "e-1", "p-new", "v-first", {"epochs": 3})
+
+    client = FakeClient(existing="p-old")
+    result = submit(
+        package, "dkd-toy", "d", {}, host="http://kfp:8080", experiment="exp", namespace="team",
+        client=client,
+    )  # fmt: skip
+    assert client.calls[0][:2] == ("upload_pipeline_version", "p-old")
+    assert client.calls[0][2].startswith("dkd-toy-")
+    assert ("create_experiment", "exp", "team") in client.calls
+    assert client.calls[-1][2:4] == ("p-old", "v-next")
+
+
+def test_submit_turns_server_errors_into_one_line(tmp_path):
+    import kfp_server_api
+
+    class Refusing(FakeClient):
+        def get_pipeline_id(self, name):
+            raise kfp_server_api.ApiException(status=403, reason="Forbidden")
+
+    with pytest.raises(DKDError, match=r"HTTP 403 Forbidden.*KFP_TOKEN"):
+        submit(tmp_path / "p.yaml", "dkd-toy", "", {}, host="http://kfp", client=Refusing())
+
+
+def test_params_are_typed_by_the_pipeline():
+    pipeline = build_pipeline(config_path("toy"), cluster=False)
+    args = parse_params(
+        pipeline,
+        ["epochs=3", "timeout_hours=1.5", "overrides=[optim.lr=0.1, data.num_workers=0]",
+         "dataset_uri=s3://data/toy"],
+    )  # fmt: skip
+    assert args == {
+        "epochs": 3, "timeout_hours": 1.5, "overrides": ["optim.lr=0.1", "data.num_workers=0"],
+        "dataset_uri": "s3://data/toy",
+    }  # fmt: skip
+    assert parse_params(pipeline, ["overrides=a=1,b=2"]) == {"overrides": ["a=1", "b=2"]}
+    with pytest.raises(DKDError, match="no such parameter; parameters: dataset_uri"):
+        parse_params(pipeline, ["epoch=3"])
+    with pytest.raises(DKDError, match="expected integer"):
+        parse_params(pipeline, ["epochs=three"])
+    with pytest.raises(DKDError, match="key=value"):
+        parse_params(pipeline, ["epochs"])
+
+
+def test_task_clock_times_tasks_from_kfp_local_records():
+    clock = TaskClock()
+
+    def record(message: str, created: float) -> logging.LogRecord:
+        r = logging.LogRecord("root", logging.INFO, __file__, 0, message, None, None)
+        r.created = created
+        return r
+
+    assert clock.filter(record("Executing task \x1b[96m'train-step'\x1b[0m", 10.0))
+    assert clock.filter(record("Streamed logs:\n", 10.5))
+    assert clock.filter(
+        record("Task \x1b[96m'train-step'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m", 12.5)
+    )
+    assert clock.seconds == {"train-step": 2.5}
+
+
+def test_compile_command_writes_the_file(tmp_path, capsys):
+    out = tmp_path / "sub" / "toy.yaml"
+    assert main(["compile", "toy", "--launcher", "trainjob", "--output", str(out)]) == 0
+    assert f"-> {out}" in capsys.readouterr().out
+    ir = load_ir(out)
+    constant = tasks_of(ir)["train-step"]["inputs"]["parameters"]["launcher"]["runtimeValue"]
+    assert constant["constant"] == "trainjob"
+    assert json.dumps(ir)  # plain data
