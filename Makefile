@@ -61,6 +61,8 @@ toy: toy-data ## train and evaluate every step of the toy task (pipelines/config
 	$(PY) -m dkd_core train --config pipelines/configs/toy.yaml --step 1
 	$(PY) -m dkd_core train --config pipelines/configs/toy.yaml --step 2
 
+include deploy.mk
+
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) build .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

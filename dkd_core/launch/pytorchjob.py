@@ -15,6 +15,7 @@ from dkd_core.errors import DKDError
 from dkd_core.launch.cluster import ClusterSpec
 from dkd_core.launch.job import NAME_MAX_LENGTH, StepJob
 from dkd_core.launch.watch import ClusterLauncher, JobKind
+from dkd_core.metrics import DEFAULT_PORT as METRICS_PORT
 
 PYTORCHJOB = JobKind(
     kind="PyTorchJob",
@@ -48,6 +49,8 @@ def _replica(job: StepJob, spec: ClusterSpec, replicas: int) -> dict[str, Any]:
         "resources": spec.resources(),
         "volumeMounts": [spec.shm_mount()],
         "securityContext": spec.container_security_context(),
+        # Rank 0 serves /metrics here; the PodMonitor (k8s/monitoring) scrapes the named port.
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
     }
     if spec.s3_secret and spec.s3_secret_env:
         container["env"] = [*container["env"], *spec.secret_env_list()]

@@ -792,3 +792,13 @@ def test_step_job_passes_pipeline_locations_to_train():
     assert args[-1] == "optim.epochs=2"
     with pytest.raises(DKDError, match="checkpoint_out"):
         StepJob(name="dkd-x", config_uri="c.yaml", step=0, checkpoint_out=" ")
+
+
+def test_pytorchjob_exposes_the_metrics_port_for_the_podmonitor():
+    m = render_pytorchjob(
+        StepJob(name="dkd-a", config_uri="c.yaml", step=0),
+        ClusterSpec(namespace="default", image="dkd:dev"),
+    )
+    [c] = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+    assert_valid(PYTORCHJOB_SCHEMA, m)
