@@ -99,7 +99,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from dkd_core.config import load_config
     from pipelines.params import parse_params
-    from pipelines.submit import resolve_host, submit
+    from pipelines.submit import check_dataset_uri, resolve_host, submit
 
     host = resolve_host(args.host)  # before compiling: a missing host is the first thing to say
     options = _compile_options(args)
@@ -108,7 +108,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     params = parse_params(pipeline, args.param)
     if args.override:
         params["overrides"] = [*params.get("overrides", []), *args.override]
-    load_config(config, params.get("overrides", []))  # a typo fails here, not in the cluster
+    resolved = load_config(config, params.get("overrides", []))  # a typo fails here, not later
+    check_dataset_uri(params.get("dataset_uri", resolved.data.root))
     if args.namespace and "namespace" not in params:
         params["namespace"] = args.namespace  # the jobs run where the pipeline runs
     with tempfile.TemporaryDirectory() as tmp:

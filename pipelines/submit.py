@@ -108,6 +108,25 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
+def check_dataset_uri(uri: str, env: Mapping[str, str] | None = None) -> None:
+    """Pods in a cluster read the dataset from the object store: `uri` must be s3:// (or
+    minio://) and, when this machine can reach the store (S3_ENDPOINT/MINIO_ENDPOINT set),
+    hold objects. Raises DKDError before anything is submitted."""
+    from dkd_core.errors import DKDError
+    from dkd_core.storage import is_remote, open_store
+
+    env = os.environ if env is None else env
+    if not is_remote(uri):
+        raise DKDError(
+            f"dataset_uri {uri!r} is not an s3:// URI: pods in the cluster cannot read files "
+            "of this machine; upload the dataset and pass --param dataset_uri=s3://bucket/prefix"
+        )
+    if not (env.get("S3_ENDPOINT") or env.get("MINIO_ENDPOINT")):
+        return  # the store is not reachable from here; the split step will say if it is wrong
+    if not open_store(uri).list(uri, recursive=False):
+        raise DKDError(f"dataset_uri {uri} holds no objects: upload the dataset there first")
+
+
 def submit(
     package: str | Path,
     pipeline_name: str,

@@ -260,7 +260,8 @@ def test_bad_builder_options():
 
 def test_submit_to_an_unreachable_host_is_one_line():
     started = time.monotonic()
-    result = cli("submit", "toy", "--host", "http://127.0.0.1:9")
+    dataset = ["--param", "dataset_uri=s3://datasets/toy"]
+    result = cli("submit", "toy", "--host", "http://127.0.0.1:9", *dataset)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -430,3 +431,18 @@ def test_compile_command_writes_the_file(tmp_path, capsys):
     constant = tasks_of(ir)["train-step"]["inputs"]["parameters"]["launcher"]["runtimeValue"]
     assert constant["constant"] == "trainjob"
     assert json.dumps(ir)  # plain data
+
+
+def test_submit_refuses_a_dataset_the_cluster_cannot_read(tmp_path, monkeypatch):
+    from pipelines.submit import check_dataset_uri
+
+    with pytest.raises(DKDError, match="not an s3:// URI"):
+        check_dataset_uri("data/VOC2012", env={})
+    check_dataset_uri("s3://datasets/VOC2012", env={})  # store unreachable from here: no check
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines", "submit", "toy", "--host", "http://127.0.0.1:9"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in ("S3_ENDPOINT", "MINIO_ENDPOINT")},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "not an s3:// URI" in result.stderr and "Traceback" not in result.stderr
