@@ -88,16 +88,10 @@ def check_host(host: str, token: str | None = None, timeout: float = 10.0) -> No
 
 
 def _describe(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    body = getattr(exc, "body", None)
-    message = ""
-    if body:
-        try:
-            message = json.loads(body).get("message", "")
-        except (ValueError, TypeError, AttributeError):
-            message = str(body)[:300]
-    head = f"HTTP {status} {getattr(exc, 'reason', '')}".strip() if status else str(exc)
-    return " ".join(f"{head}: {message}".split()) if message else " ".join(head.split())
+    """One line: the API's status, reason and message (`launch.cluster.api_error_message`)."""
+    from dkd_core.launch.cluster import api_error_message
+
+    return " ".join(api_error_message(exc).split())
 
 
 def _client_errors() -> tuple[type[BaseException], ...]:
