@@ -133,21 +133,29 @@ def evaluate(
     per_class: Output[Markdown],
     history_out: Output[Artifact],
     history_in: Input[Artifact] = None,
+    recompute: bool = False,
 ) -> None:
     """Test metrics of a step's checkpoint (`dkd_core evaluate`), for the Kubeflow UI.
 
-    `history_out` is `history_in`'s JSON list of step metrics plus this step's:
-    chained from step to step, it gives the report every step.
+    The training job already evaluated this checkpoint on this manifest's test
+    split (eval/metrics.json beside it); that result is shown unless
+    `recompute`. `history_out` is `history_in`'s JSON list of step metrics plus
+    this step's: chained from step to step, it gives the report every step.
     """
     import json
 
     from dkd_core.evaluate_cli import evaluate_checkpoint
     from dkd_core.locations import parent
-    from dkd_core.storage import join
+    from dkd_core.storage import join, open_store
 
     output = join(parent(model.uri), "eval", "metrics.json")
-    report, _, names = evaluate_checkpoint(model.uri, [], False, output, manifest.uri)
-    result = {**report.to_dict(), "channel_names": names}
+    store = open_store(output)
+    if not recompute and store.exists(output):
+        result = store.read_json(output)
+    else:
+        report, _, names = evaluate_checkpoint(model.uri, [], False, output, manifest.uri)
+        result = {**report.to_dict(), "channel_names": names}
+    names = result["channel_names"]
     for key in ("miou_old", "miou_new", "miou_all", "hiou", "pixel_accuracy"):
         if result[key] is not None:
             metrics.log_metric(key, result[key])

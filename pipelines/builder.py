@@ -171,7 +171,8 @@ def build_pipeline(
                 manifest=manifest,
                 **({"history_in": history} if history is not None else {}),
             )
-            on_cluster(evaluation, f"evaluate step {t}", gpus=1)
+            # Reads the metrics the training job computed: no GPU, no /dev/shm.
+            on_cluster(evaluation, f"evaluate step {t}")
             history = evaluation.outputs["history_out"]
         summary = c.report(history=history, title=f"DKD {task.dataset} {task.name}")
         on_cluster(summary, "report", s3=False)
