@@ -177,7 +177,8 @@ def test_cluster_settings_of_the_tasks(compiled):
     assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
         ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")
     }  # fmt: skip
-    assert platform["exec-evaluate"]["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
+    assert "emptyDirMounts" not in platform["exec-evaluate"]
+    assert platform["exec-evaluate"]["secretAsEnv"][0]["secretName"] == "mlpipeline-minio-artifact"
     assert "exec-report" not in platform  # reads and writes only its own artifacts
 
 
