@@ -105,7 +105,7 @@ def train_step(
         manifest=manifest.uri,
     )
     if launcher == "local":
-        launch_step(launcher, job)
+        launch_step(launcher, job, timeout_seconds=timeout_hours * 3600)
     else:
         forwarded = ("S3_ENDPOINT", "S3_SECURE", "S3_REGION", "AWS_REGION", "S3_RETRY_SECONDS",
                      "PUSHGATEWAY_URL")  # fmt: skip

@@ -46,9 +46,10 @@ def _launch_local(
     log: Log = print,
     cwd: str | Path | None = None,
     argv: Sequence[str] | None = None,
+    timeout_seconds: float | None = None,
 ) -> None:
     """`run_local`; a `ClusterSpec`, if given, is ignored (it describes pods)."""
-    run_local(job, env=env, log=log, cwd=cwd, argv=argv)
+    run_local(job, env=env, log=log, cwd=cwd, argv=argv, timeout_seconds=timeout_seconds)
 
 
 def _need_spec(backend: str, spec: ClusterSpec | None) -> ClusterSpec:
@@ -90,7 +91,7 @@ LAUNCHERS: dict[str, Callable[..., None]] = {
 def launch_step(backend: str, job: StepJob, spec: ClusterSpec | None = None, **kw: Any) -> None:
     """Run `job` with `backend` and wait for it; return on success, `DKDError` otherwise.
 
-    Keyword arguments go to the backend: `local` takes env, log, cwd, argv;
+    Keyword arguments go to the backend: `local` takes env, log, cwd, argv, timeout_seconds;
     `pytorchjob` and `trainjob` take timeout_seconds (default 24 h),
     poll_seconds, keep, log, api, pod_logs, and `trainjob` also runtime.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,13 +36,15 @@ def run_local(
     log: Callable[[str], None] = print,
     cwd: str | Path | None = None,
     argv: Sequence[str] | None = None,
+    timeout_seconds: float | None = None,
 ) -> None:
     """Run `job` as a subprocess, stream its output to `log` line by line, fail loudly.
 
     `env` is added to (not substituted for) this process's environment, with
     `PYTHONUNBUFFERED=1` so lines arrive as they are printed. stdout and stderr
     are merged. `argv` replaces the command (for tests and debugging). Raises
-    `DKDError` with the exit code and the last 50 lines when the process fails.
+    `DKDError` with the exit code and the last 50 lines when the process fails,
+    or when it is still running after `timeout_seconds` (it is then terminated).
     """
     command = list(argv) if argv is not None else local_command(job)
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
@@ -60,6 +63,16 @@ def run_local(
         )
     except OSError as e:
         raise DKDError(f"job {job.name}: cannot start {command[0]!r}: {e}") from e
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        proc.terminate()
+
+    timer = threading.Timer(timeout_seconds, stop) if timeout_seconds else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
@@ -68,6 +81,8 @@ def run_local(
             log(line)
         code = proc.wait()
     finally:
+        if timer is not None:
+            timer.cancel()
         if proc.poll() is None:  # interrupted (e.g. KeyboardInterrupt): do not leave it running
             proc.terminate()
             try:
@@ -77,6 +92,11 @@ def run_local(
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+    if timed_out.is_set():
+        raise DKDError(
+            f"job {job.name}: still running after {timeout_seconds:g} s; terminated. "
+            f"Last lines:\n" + ("\n".join(tail) or "(no output)")
+        )
     if code != 0:
         last = "\n".join(tail) or "(no output)"
         raise DKDError(

@@ -12,8 +12,11 @@ are retried. Everything that talks to the cluster is injectable (`api`,
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -173,6 +176,24 @@ class KubePodLogs:
 # -- the launcher -----------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _sigterm_raises(what: str) -> Iterator[None]:
+    """While waiting, SIGTERM (a cancelled pipeline run stops the component's pod) raises,
+    so the caller's `finally` deletes the job instead of leaving it running."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def cancelled(signum: int, frame: Any) -> None:
+        raise DKDError(f"cancelled (SIGTERM) while waiting for {what}; deleting the job")
+
+    previous = signal.signal(signal.SIGTERM, cancelled)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class ClusterLauncher:
     """Runs a `StepJob` as a training-job custom resource and waits for it to finish.
 
@@ -239,10 +260,11 @@ class ClusterLauncher:
         deadline = self._clock() + timeout_seconds
         created = False
         try:
-            self._create(manifest, ns, name, deadline, poll_seconds, log)
-            created = True
-            log(f"{k.kind} {ns}/{name} created; waiting up to {timeout_seconds:g} s")
-            self._wait(ns, name, deadline, timeout_seconds, poll_seconds, keep, log)
+            with _sigterm_raises(f"{k.kind} {ns}/{name}"):
+                self._create(manifest, ns, name, deadline, poll_seconds, log)
+                created = True
+                log(f"{k.kind} {ns}/{name} created; waiting up to {timeout_seconds:g} s")
+                self._wait(ns, name, deadline, timeout_seconds, poll_seconds, keep, log)
         finally:
             if created and not keep:
                 self._delete(ns, name, poll_seconds, log)

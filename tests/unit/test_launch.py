@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -802,3 +803,34 @@ def test_pytorchjob_exposes_the_metrics_port_for_the_podmonitor():
     [c] = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"]
     assert c["ports"] == [{"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
     assert_valid(PYTORCHJOB_SCHEMA, m)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_sigterm_while_waiting_deletes_the_job(launcher_cls, done):
+    """A cancelled pipeline run stops the component pod with SIGTERM: the job must go too."""
+    import os
+    import signal
+
+    class CancelledClock(FakeClock):
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    api, clock = FakeApi([[cond("Running")]]), CancelledClock()
+    launcher = launcher_cls(api, FakePodLogs(), clock=clock, sleep=clock.sleep)
+    with pytest.raises(DKDError, match=r"cancelled \(SIGTERM\)"):
+        launcher.launch(make_job(), make_spec(), 3600.0, poll_seconds=10, log=lambda line: None)
+    assert len(api.deleted) == 1
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_run_local_terminates_a_step_past_its_timeout():
+    job = StepJob(name="dkd-slow", config_uri="c.yaml", step=0)
+    slow = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(DKDError, match=r"still running after 1 s; terminated") as info:
+        run_local(job, log=lines.append, argv=slow, timeout_seconds=1)
+    assert time.monotonic() - started < 30
+    assert lines == ["started"] and "started" in str(info.value)
