@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Sampler
 
+from dkd_core.data.labels import read_label
 from dkd_core.data.layout import Sample
 from dkd_core.data.transforms import PairTransform
 from dkd_core.errors import DKDError
@@ -30,26 +31,6 @@ __all__ = [
 ]
 
 BACKGROUND, IGNORE = 0, 255
-_LABEL_MODES = ("P", "L")
-
-
-def read_label(path: Path) -> np.ndarray:
-    """A label PNG as uint8 [H, W] class indices (palette indices for mode P, values for L).
-
-    The palette is never applied: an RGB, RGBA or 16-bit label is a DKDError.
-    """
-    try:
-        with Image.open(path) as img:
-            if img.mode not in _LABEL_MODES:
-                raise DKDError(
-                    f"{path}: expected a palette or grayscale PNG (mode P or L) holding "
-                    f"class indices, got mode {img.mode}"
-                )
-            return np.asarray(img, dtype=np.uint8)  # [H, W]
-    except FileNotFoundError:
-        raise DKDError(f"{path}: label file not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DKDError(f"{path}: cannot read label image ({exc})") from None
 
 
 def _read_image(path: Path) -> Image.Image:

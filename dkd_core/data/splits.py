@@ -30,9 +30,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from dkd_core.data.labels import NUM_LABEL_VALUES, read_label
 from dkd_core.errors import DKDError
 from dkd_core.tasks import Task
 
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "dkd-split-manifest"
 MANIFEST_VERSION = 1
 # Label PNGs hold uint8 values: 0 background, 1..K classes, 255 ignore (SPEC §1).
-NUM_LABEL_VALUES = 256
 BACKGROUND, IGNORE = 0, 255
 SPLITS = ("train", "val", "test")
 
@@ -93,29 +92,7 @@ class StepSplit:
 
 def _label_presence(path: str | Path) -> np.ndarray:
     """Bool [256]: which label values occur in one label PNG (one vectorised bincount)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            label = np.asarray(img)
-    except FileNotFoundError:
-        raise DKDError(f"{path}: label file not found") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DKDError(f"{path}: cannot read label image ({exc})") from None
-    if label.ndim != 2:
-        raise DKDError(
-            f"{path}: a label PNG must be single-channel (mode L, or P holding palette "
-            f"indices), got mode {mode} with shape {label.shape}"
-        )
-    if label.dtype == np.uint8:
-        return np.bincount(label.ravel(), minlength=NUM_LABEL_VALUES) > 0
-    if label.dtype.kind not in "biu":
-        raise DKDError(f"{path}: label values must be integers, got mode {mode} ({label.dtype})")
-    if label.size and (int(label.min()) < 0 or int(label.max()) >= NUM_LABEL_VALUES):
-        raise DKDError(
-            f"{path}: label values must lie in 0..255, got {int(label.min())}..{int(label.max())}"
-        )
-    return np.bincount(label.ravel().astype(np.intp), minlength=NUM_LABEL_VALUES) > 0
+    return np.bincount(read_label(path).ravel(), minlength=NUM_LABEL_VALUES) > 0
 
 
 def class_presence(

@@ -399,7 +399,7 @@ def test_dataset_rejects_rgb_label(tmp_path: Path) -> None:
     lut = np.arange(256, dtype=np.uint8)
     dataset = SegmentationDataset([sample], lut, EvalTransform(8, whole_image=True))
     with pytest.raises(
-        DKDError, match=r"rgb_label\.png: expected a palette or grayscale.*mode RGB"
+        DKDError, match=r"rgb_label\.png: a label PNG must be single-channel.*mode RGB"
     ):
         dataset[0]
 
@@ -484,3 +484,28 @@ def test_persistent_workers_see_set_epoch(tmp_path: Path) -> None:
         (batch,) = list(loader)
         expected = torch.stack([dataset[i]["image"] for i in range(2)])  # in-process, same epoch
         assert torch.equal(batch["image"], expected)
+
+
+def test_split_pass_and_dataset_read_labels_alike(tmp_path: Path) -> None:
+    """One reader: a label the split pass accepts trains, one it refuses fails in both."""
+    from dkd_core.data.splits import class_presence
+
+    values = np.array([[0, 3], [255, 3]], dtype=np.uint16)
+    wide = tmp_path / "wide.png"
+    Image.fromarray(values.astype(np.uint16)).save(wide)  # 16-bit grayscale, values <= 255
+    image = tmp_path / "wide.jpg"
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(image)
+    sample = Sample("wide", image, wide)
+    assert np.flatnonzero(class_presence([wide], progress=False)[0]).tolist() == [0, 3, 255]
+    dataset = SegmentationDataset([sample], np.arange(256, dtype=np.uint8), EvalTransform(2))
+    np.testing.assert_array_equal(dataset[0]["label"].numpy(), values)
+
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(rgb)
+    with pytest.raises(DKDError, match="single-channel"):
+        class_presence([rgb], progress=False)
+    rgb_set = SegmentationDataset(
+        [Sample("rgb", image, rgb)], np.arange(256, dtype=np.uint8), EvalTransform(2)
+    )
+    with pytest.raises(DKDError, match="single-channel"):
+        rgb_set[0]
