@@ -80,17 +80,43 @@ def save_model_checkpoint(
     return directory
 
 
+class InvalidCheckpointError(DKDError):
+    """A meta.json that is not a checkpoint's metadata."""
+
+
+def parse_meta(data: bytes, where: str) -> dict[str, Any]:
+    """The content of a meta.json; `InvalidCheckpointError` naming `where` if it is none."""
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidCheckpointError(f"{where}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or "weights" not in meta:
+        raise InvalidCheckpointError(
+            f"{where}: missing key 'weights'; not a checkpoint's meta.json"
+        )
+    for entry in payload_entries(meta):
+        name = entry["file"]
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise InvalidCheckpointError(f"{where}: payload name {name!r} is not a plain file name")
+    return meta
+
+
+def payload_entries(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The payload files a meta.json names: entries {"file", "sha256", "bytes"}."""
+    return [
+        dict(value)
+        for value in meta.values()
+        if isinstance(value, dict) and {"file", "sha256", "bytes"} <= value.keys()
+    ]
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
     meta_path = Path(directory) / META_FILE
     if not meta_path.is_file():
         raise DKDError(f"{meta_path} does not exist: {directory} is not a complete checkpoint")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DKDError(f"{meta_path}: not valid JSON ({e})") from e
-    for key in ("model", "weights"):
-        if key not in meta:
-            raise DKDError(f"{meta_path}: missing key {key!r}")
+    meta = parse_meta(meta_path.read_bytes(), str(meta_path))
+    if "model" not in meta:
+        raise DKDError(f"{meta_path}: missing key 'model'")
     return meta
 
 

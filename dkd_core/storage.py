@@ -59,7 +59,14 @@ from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from tqdm import tqdm
 
-from dkd_core.checkpoint import META_FILE, sha256_file, verified_payload
+from dkd_core.checkpoint import (
+    META_FILE,
+    InvalidCheckpointError,
+    parse_meta,
+    payload_entries,
+    sha256_file,
+    verified_payload,
+)
 from dkd_core.errors import DKDError
 
 log = logging.getLogger(__name__)
@@ -829,10 +836,6 @@ def open_store(uri: str) -> Store:
 # ------------------------------------------------------------------- checkpoints
 
 
-class InvalidCheckpointError(DKDError):
-    """A meta.json that cannot be read as a checkpoint's metadata."""
-
-
 @dataclass(frozen=True)
 class _Meta:
     """A checkpoint's meta.json: its exact bytes, its content and the payloads it names."""
@@ -843,22 +846,8 @@ class _Meta:
 
 
 def _parse_meta(data: bytes, where: str) -> _Meta:
-    try:
-        content = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidCheckpointError(f"{where}: not valid JSON ({e})") from e
-    if not isinstance(content, dict) or "weights" not in content:
-        raise InvalidCheckpointError(f"{where}: no 'weights' entry; not a checkpoint's meta.json")
-    payloads = [
-        dict(value)
-        for value in content.values()
-        if isinstance(value, dict) and {"file", "sha256", "bytes"} <= value.keys()
-    ]
-    for entry in payloads:
-        name = entry["file"]
-        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
-            raise InvalidCheckpointError(f"{where}: payload name {name!r} is not a plain file name")
-    return _Meta(data, content, payloads)
+    content = parse_meta(data, where)
+    return _Meta(data, content, payload_entries(content))
 
 
 def _read_meta(uri: str, store: Store) -> _Meta | None:
