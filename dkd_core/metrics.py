@@ -42,7 +42,6 @@ from types import TracebackType
 from typing import Self
 from wsgiref.simple_server import WSGIServer
 
-import torch
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -291,7 +290,11 @@ class TrainingMetrics:
 
     def observe_gpu_memory(self) -> None:
         """Record CUDA memory of the current device; a no-op unless this process uses CUDA."""
-        if not self.enabled or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        if not self.enabled:
+            return
+        import torch  # here, not at import: rendering a job manifest reads only DEFAULT_PORT
+
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return
         self._gpu_allocated.labels(*self._const).set(torch.cuda.memory_allocated())
         self._gpu_peak.labels(*self._const).set(torch.cuda.max_memory_allocated())

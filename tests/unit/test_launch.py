@@ -834,3 +834,14 @@ def test_run_local_terminates_a_step_past_its_timeout():
         run_local(job, log=lines.append, argv=slow, timeout_seconds=1)
     assert time.monotonic() - started < 30
     assert lines == ["started"] and "started" in str(info.value)
+
+
+def test_rendering_jobs_does_not_import_torch():
+    """Component pods that only create jobs stay light: no torch at import."""
+    code = (
+        "import sys, dkd_core.launch as l; "
+        "l.render_pytorchjob(l.StepJob(name='dkd-a', config_uri='c.yaml', step=0), "
+        "l.ClusterSpec(namespace='ns', image='img')); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
