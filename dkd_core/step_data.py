@@ -88,7 +88,9 @@ def step_data(
     val_samples = {s.id: s for s in layout.samples("val")}
     manifest = None
     if info.is_main:  # one process reads the label PNGs, the others wait and read the result
-        manifest = run_manifest(config, task, layout, manifest_uri)
+        manifest = run_manifest(
+            config, task, list(train_samples.values()), list(val_samples.values()), manifest_uri
+        )
     manifest = distributed.broadcast_object(manifest)
     split = manifest_step(manifest, step.index)
     test = SegmentationDataset(
@@ -115,8 +117,13 @@ def _local_copy(uri: str) -> Path:
     return cache_dir("manifests", digest) / Path(uri).name
 
 
-def run_manifest(config: Config, task: Task, layout: DatasetLayout, manifest_uri: str) -> dict:
-    """The run's split manifest: an imported one (authors' lists) as is, else built or cached."""
+def run_manifest(
+    config: Config, task: Task, train: list[Sample], val: list[Sample], manifest_uri: str
+) -> dict:
+    """The run's split manifest: an imported one (authors' lists) as is, else built or cached.
+
+    `train` and `val` are the dataset's samples (`DatasetLayout.samples`), listed once.
+    """
     store = open_store(manifest_uri)
     local = _local_copy(manifest_uri)
     if is_remote(manifest_uri) and store.exists(manifest_uri):
@@ -126,7 +133,6 @@ def run_manifest(config: Config, task: Task, layout: DatasetLayout, manifest_uri
         imported = existing["inputs"].get("source") == "reference-npy"
         if imported and existing["task"]["steps"] == [list(s) for s in task.steps]:
             return existing
-    train, val = layout.samples("train"), layout.samples("val")
     manifest = build_or_load_manifest(
         task,
         [s.id for s in train],
@@ -155,7 +161,9 @@ def write_split_manifest(
         if is_remote(manifest_uri):
             open_store(manifest_uri).upload_file(local, manifest_uri)
         return manifest_uri, manifest
-    return manifest_uri, run_manifest(config, task, dataset_layout(config), manifest_uri)
+    layout = dataset_layout(config)
+    train, val = layout.samples("train"), layout.samples("val")
+    return manifest_uri, run_manifest(config, task, train, val, manifest_uri)
 
 
 def exemplar_memory(

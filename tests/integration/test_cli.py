@@ -80,6 +80,7 @@ def test_imported_reference_splits_are_used_not_rebuilt(toy_root, tmp_path):
     result = cli("split", "--config", str(CONFIGS / "toy.yaml"), *args, "--reference-npy", str(npy))
     assert result.returncode == 0, result.stderr
     uri = run_manifest_uri(str(tmp_path / "run"))
-    manifest = run_manifest(config, task, open_layout(toy_root), uri)
+    layout = open_layout(toy_root)
+    manifest = run_manifest(config, task, layout.samples("train"), layout.samples("val"), uri)
     assert manifest["inputs"] == {"source": "reference-npy"}
     assert manifest["steps"][1]["train"] == ["toy_00001", "toy_00011"]
