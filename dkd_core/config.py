@@ -226,7 +226,3 @@ def config_from_dict(
     """Config from a nested dict (e.g. the resolved config stored in a checkpoint)."""
     data = apply_overrides(data, overrides or [], source=f"{source}: override")
     return _build(Config, data, "", source)
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -95,8 +95,7 @@ def all_gather_objects(obj: Any) -> list[Any]:
 def prepare_model(model: nn.Module, info: DistInfo) -> nn.Module:
     """Move to the device; with several processes, SyncBN (CUDA only) and DDP.
 
-    Returns the module to call for training; the plain model stays reachable as
-    `.module` on the DDP wrapper (see `unwrap`).
+    Returns the module to call for training; keep the plain model for saving.
     """
     model = model.to(info.device)
     if not info.enabled:
@@ -107,7 +106,3 @@ def prepare_model(model: nn.Module, info: DistInfo) -> nn.Module:
     # The auxiliary head reads detached features and frozen BN takes no gradients:
     # every trainable parameter still gets a gradient each step, so no unused-parameter scan.
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
