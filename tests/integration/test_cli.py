@@ -51,10 +51,16 @@ def test_evaluate_command_reproduces_the_step_metrics(toy_root, tmp_path):
     saved = json.loads((tmp_path / "run" / "step_0" / "eval" / "metrics.json").read_text())
     assert metrics["miou_all"] == pytest.approx(saved["miou_all"], abs=1e-6)
 
-    whole = cli("evaluate", "--checkpoint", str(checkpoint), "--whole-image", "--json",
-                "--output", str(tmp_path / "whole.json"))  # fmt: skip
-    assert whole.returncode == 0, whole.stderr
-    assert 0 <= json.loads(whole.stdout)["miou_all"] <= 100
+    # With 32-px centre crops of the 64-px images, --whole-image counts 4x the pixels.
+    def counted(*flags: str) -> int:
+        out = tmp_path / f"eval{len(flags)}.json"
+        args = ["--checkpoint", str(checkpoint), "--output", str(out), *flags]
+        result = cli("evaluate", *args, "data.crop_size=32")
+        assert result.returncode == 0, result.stderr
+        return sum(map(sum, json.loads(out.read_text())["confusion"]))
+
+    crops, whole = counted(), counted("--whole-image")
+    assert 3.5 * crops < whole <= 4 * crops * 1.05
 
     missing = cli("evaluate", "--checkpoint", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "not a complete checkpoint" in missing.stderr
