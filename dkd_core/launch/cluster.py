@@ -151,7 +151,9 @@ class ClusterSpec:
     - `trainjob_runtime`: the ClusterTrainingRuntime a TrainJob references.
     - `delete_after_done`: delete the job when it has finished (succeeded, failed
       or timed out); False keeps it for inspection, like the Kubeflow Pipelines
-      PyTorchJob launcher's `delete_after_done`.
+      PyTorchJob launcher's `delete_after_done` (a PyTorchJob's
+      `ttl_seconds_after_finished` still applies: None keeps it until deleted).
+      A retry of the step replaces a failed job of the same name that it finds.
     - `log_tail_lines`: how many lines of the failing pod's log a failure reports.
     - `stuck_pod_grace_seconds`: how long a pod may stay in ImagePullBackOff,
       ErrImagePull, InvalidImageName, CreateContainerConfigError or Unschedulable

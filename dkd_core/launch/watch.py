@@ -373,7 +373,7 @@ class ClusterLauncher:
                 self._delete(ns, name, poll_seconds, log)
             elif ours:
                 log(
-                    f"{k.kind} {ns}/{name} kept (delete_after_done=False); remove it with "
+                    f"{k.kind} {ns}/{name} kept for inspection; remove it with "
                     f"kubectl delete {k.plural}.{k.group} -n {ns} {name}"
                 )
 

@@ -1078,7 +1078,7 @@ def test_delete_after_done_false_keeps_finished_and_failed_jobs(launcher_cls, do
     spec = make_spec(delete_after_done=False)
     r = run_launch(launcher_cls, [[cond(done)]], spec=spec)
     assert r.error is None and r.api.deleted == []
-    assert any("kept (delete_after_done=False)" in line for line in r.lines)
+    assert any("kept for inspection; remove it with kubectl delete" in line for line in r.lines)
     r = run_launch(launcher_cls, [[cond("Failed", message="boom")]], spec=spec)
     assert "boom" in str(r.error) and r.api.deleted == []
 
