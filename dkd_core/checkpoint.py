@@ -11,9 +11,9 @@ under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,21 +21,38 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dkd_core.checkpoint_format import (
+    FORMAT_VERSION,
+    META_FILE,
+    TRAINING_FILE,
+    WEIGHTS_FILE,
+    InvalidCheckpointError,
+    parse_meta,
+    payload_entries,
+    sha256_file,
+    verified_payload,
+)
 from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3
+from dkd_core.storage import fetch_checkpoint, is_remote, local_path, upload_checkpoint
 
-WEIGHTS_FILE = "model.safetensors"
-TRAINING_FILE = "training.safetensors"
-META_FILE = "meta.json"
-FORMAT_VERSION = 1
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = [
+    "FORMAT_VERSION",
+    "META_FILE",
+    "TRAINING_FILE",
+    "WEIGHTS_FILE",
+    "InvalidCheckpointError",
+    "load_model_checkpoint",
+    "load_training_tensors",
+    "open_model_checkpoint",
+    "parse_meta",
+    "payload_entries",
+    "publish_model_checkpoint",
+    "read_meta",
+    "save_model_checkpoint",
+    "sha256_file",
+    "verified_payload",
+]
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -80,36 +97,6 @@ def save_model_checkpoint(
     return directory
 
 
-class InvalidCheckpointError(DKDError):
-    """A meta.json that is not a checkpoint's metadata."""
-
-
-def parse_meta(data: bytes, where: str) -> dict[str, Any]:
-    """The content of a meta.json; `InvalidCheckpointError` naming `where` if it is none."""
-    try:
-        meta = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidCheckpointError(f"{where}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or "weights" not in meta:
-        raise InvalidCheckpointError(
-            f"{where}: missing key 'weights'; not a checkpoint's meta.json"
-        )
-    for entry in payload_entries(meta):
-        name = entry["file"]
-        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
-            raise InvalidCheckpointError(f"{where}: payload name {name!r} is not a plain file name")
-    return meta
-
-
-def payload_entries(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The payload files a meta.json names: entries {"file", "sha256", "bytes"}."""
-    return [
-        dict(value)
-        for value in meta.values()
-        if isinstance(value, dict) and {"file", "sha256", "bytes"} <= value.keys()
-    ]
-
-
 def read_meta(directory: str | Path) -> dict[str, Any]:
     meta_path = Path(directory) / META_FILE
     if not meta_path.is_file():
@@ -118,20 +105,6 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     if "model" not in meta:
         raise DKDError(f"{meta_path}: missing key 'model'")
     return meta
-
-
-def verified_payload(directory: Path, entry: dict[str, Any]) -> Path:
-    """The payload file a meta.json entry names, after checking its sha256."""
-    path = directory / entry["file"]
-    if not path.is_file():
-        raise DKDError(f"{path} does not exist, but {directory / META_FILE} names it")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise DKDError(
-            f"{path}: checksum mismatch (sha256 {actual}, metadata says {entry['sha256']}); "
-            "the file is corrupt or was replaced"
-        )
-    return path
 
 
 def load_training_tensors(directory: str | Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -184,10 +157,6 @@ def publish_model_checkpoint(
     A local URI is written in place. For S3 the folder is written to `scratch`
     first and uploaded payloads first, meta.json last (`storage.upload_checkpoint`).
     """
-    import shutil
-
-    from dkd_core.storage import is_remote, local_path, upload_checkpoint
-
     if not is_remote(uri):
         directory = save_model_checkpoint(local_path(uri), model, meta, training_tensors)
         return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
@@ -209,8 +178,6 @@ def open_model_checkpoint(
 
     Returns the model, its metadata and the local folder (for training-state tensors).
     """
-    from dkd_core.storage import fetch_checkpoint
-
     local = fetch_checkpoint(uri, cache)
     model, meta = load_model_checkpoint(local, map_location)
     return model, meta, local

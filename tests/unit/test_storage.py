@@ -154,7 +154,7 @@ def test_local_writes_are_atomic_and_leave_no_tmp_files(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(storage.os, "replace", broken_replace)
+    monkeypatch.setattr(storage.store.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk went away"):
         store.write_bytes(str(target), b"new")
     assert target.read_bytes() == b"old", "a failed write must leave the old content"
@@ -431,8 +431,8 @@ def refused() -> urllib3.exceptions.MaxRetryError:
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(storage, "_sleep", fake.sleep)
-    monkeypatch.setattr(storage, "_monotonic", fake.monotonic)
+    monkeypatch.setattr(storage.s3, "_sleep", fake.sleep)
+    monkeypatch.setattr(storage.s3, "_monotonic", fake.monotonic)
     return fake
 
 
