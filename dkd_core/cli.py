@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     config = load_config(args.config, args.overrides)
     final = train_step(
         config, args.step, teacher=args.teacher, checkpoint_out=args.checkpoint_out,
-        manifest=args.manifest,
+        manifest=args.manifest, restart=args.restart,
     )  # fmt: skip
     return {"step": args.step, "checkpoint": final}
 
@@ -93,8 +93,9 @@ def cmd_toy_data(args: argparse.Namespace) -> dict:
     from dkd_core.data import make_toy_dataset
 
     layout = make_toy_dataset(
-        Path(args.output), classes=args.classes, images=args.images, size=args.size, seed=args.seed
-    )
+        Path(args.output), classes=args.classes, images=args.images, size=args.size,
+        seed=args.seed, overwrite=args.force,
+    )  # fmt: skip
     return {
         "output": str(args.output),
         "classes": layout.num_classes,
@@ -174,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--manifest", help="split manifest URI (default: <run.output>/split/manifest.json)"
     )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="train the step again from scratch: delete its final and periodic checkpoints, "
+        "train log, metrics and exemplar memory first (needed when settings changed)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--force", action="store_true", help="overwrite a folder that already holds files"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_toy_data)
 

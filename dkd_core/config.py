@@ -226,3 +226,72 @@ def config_from_dict(
     """Config from a nested dict (e.g. the resolved config stored in a checkpoint)."""
     data = apply_overrides(data, overrides or [], source=f"{source}: override")
     return _build(Config, data, "", source)
+
+
+# Keys that cannot change a step's weights or metrics: where things are written or
+# read from, how progress is shown, how fast data is loaded. A finished or
+# interrupted step is reused (or resumed) when only these differ from the config
+# stored in its checkpoint; any other difference is an error (`result_differences`).
+# - run.name, run.output: labels and locations, not the training
+# - data.root: where the dataset is read from (a local folder or its S3 copy); which
+#   images a step trains and tests on is fixed by the run's split manifest
+# - data.num_workers, data.split_workers: loader processes; augmentation is seeded
+#   per (seed, epoch, sample), not per worker
+# - data.eval_batch_size: evaluation runs in eval mode, images do not interact
+# - train.checkpoint_every, train.keep_checkpoints: a resumed run ends with the same
+#   weights as an uninterrupted one
+# - train.log_every, train.progress, train.metrics_port: logging and monitoring only
+RESULT_NEUTRAL_KEYS = frozenset(
+    {
+        "run.name",
+        "run.output",
+        "data.root",
+        "data.num_workers",
+        "data.split_workers",
+        "data.eval_batch_size",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.progress",
+        "train.metrics_port",
+    }
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def result_digest(config: Config) -> str:
+    """A short hash of the settings that change the result (`RESULT_NEUTRAL_KEYS` left out):
+    equal for two configs exactly when `result_differences` finds none."""
+    import hashlib
+    import json
+
+    flat = _flatten(config_to_dict(config))
+    kept = {k: v for k, v in flat.items() if k not in RESULT_NEUTRAL_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def result_differences(stored: dict[str, Any], requested: Config, where: str) -> list[str]:
+    """The result-affecting keys whose value in `stored` differs from `requested`, as
+    "key old -> new" lines, sorted; keys in `RESULT_NEUTRAL_KEYS` are not compared.
+
+    `stored` is the resolved config saved in a checkpoint; keys it lacks take their
+    defaults (a checkpoint written before a key existed was trained with its default).
+    """
+    try:
+        old = _flatten(config_to_dict(config_from_dict(stored, source=where)))
+    except DKDError as e:
+        raise DKDError(f"{where}: the stored config cannot be read ({e})") from e
+    new = _flatten(config_to_dict(requested))
+    return [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in RESULT_NEUTRAL_KEYS and old.get(key) != new.get(key)
+    ]

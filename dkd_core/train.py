@@ -19,13 +19,16 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader
 
 from dkd_core import distributed
 from dkd_core.checkpoint import (
+    META_FILE,
     load_training_tensors,
     open_model_checkpoint,
     publish_model_checkpoint,
@@ -34,22 +37,19 @@ from dkd_core.config import Config, config_to_dict
 from dkd_core.data import eval_loader, normalize, train_loader
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
+from dkd_core.lease import StepLease
 from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
 from dkd_core.metrics import TrainingMetrics, metrics_port
 from dkd_core.model import DeepLabV3, predict_from_logits
+from dkd_core.resume import plan_step
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
-from dkd_core.storage import (
-    checkpoint_complete,
-    is_remote,
-    join,
-    latest_checkpoint,
-    local_path,
-    open_store,
-)
+from dkd_core.storage import is_remote, join, local_path, open_store
 from dkd_core.tasks import Task, TaskStep
 
 log = logging.getLogger("dkd_core.train")
+
+T = TypeVar("T")
 
 
 # -- model and optimisation --------------------------------------------------------------
@@ -66,7 +66,7 @@ def build_student_and_teacher(
             pretrained_backbone=m.pretrained,
         )  # fmt: skip
         return model, None
-    if teacher_uri is None or not checkpoint_complete(teacher_uri):
+    if teacher_uri is None or not open_store(teacher_uri).exists(join(teacher_uri, META_FILE)):
         raise DKDError(
             f"step {step.index} needs step {step.index - 1}'s final checkpoint at {teacher_uri}; "
             f"train step {step.index - 1} first (same config, --step {step.index - 1})"
@@ -174,14 +174,19 @@ def train_step(
     teacher: str | None = None,
     checkpoint_out: str | None = None,
     manifest: str | None = None,
+    restart: bool = False,
 ) -> str:
     """Train one CISS step end to end; returns the URI of its final checkpoint.
 
     By default every location follows `run.output` (`locations.StepLocations.of_run`);
     a pipeline passes the step's checkpoint URI, the manifest URI and the teacher's.
+    A finished step is reused and an interrupted one resumed when the settings match
+    (`resume`); `restart` trains the step again from scratch. Rank 0 holds the step's
+    lease (`lease`) while it runs.
     """
     info = distributed.init_distributed()
     metrics = None
+    lease = None
     try:
         task = task_of(config)
         step = task.step(step_index)
@@ -190,19 +195,50 @@ def train_step(
         where = StepLocations(checkpoint_out or where.checkpoint, manifest or where.manifest)
         if teacher is None and step.index > 0:
             teacher = StepLocations.of_run(config.run.output, step.index - 1).checkpoint
-        return _train_step(config, task, step, info, where, teacher, metrics)
+        if info.is_main:
+            lease = StepLease(where.folder, f"step {step.index} ({where.folder})")
+        _on_main(info, lambda: lease.acquire())
+        return _train_step(config, task, step, info, where, teacher, metrics, restart)
     finally:
+        if lease is not None:
+            lease.release()
         if metrics is not None:
             metrics.close()
         distributed.cleanup()
 
 
+def _on_main(info, action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 and give every process its result, or its `DKDError`."""
+    outcome: tuple[T | None, str | None] = (None, None)
+    error = None
+    if info.is_main:
+        try:
+            outcome = (action(), None)
+        except DKDError as e:
+            error = e
+            outcome = (None, str(e))
+    result, message = distributed.broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise DKDError(message)
+    return result
+
+
 def _train_step(
-    config: Config, task: Task, step: TaskStep, info, where: StepLocations, teacher_uri, metrics
+    config: Config,
+    task: Task,
+    step: TaskStep,
+    info,
+    where: StepLocations,
+    teacher_uri,
+    metrics,
+    restart: bool = False,
 ) -> str:
     from tqdm import tqdm
 
-    if checkpoint_complete(where.checkpoint):
+    plan = _on_main(info, lambda: plan_step(config, step.index, where, restart))
+    if plan.complete:
         if info.is_main:
             log.info("step %d already complete: %s", step.index, where.checkpoint)
         return where.checkpoint
@@ -244,14 +280,14 @@ def _train_step(
     )
     start = 0
     train_log = TrainLog(where.train_log, enabled=info.is_main)
-    resume_uri = latest_checkpoint(where.periodic)
+    resume_uri = plan.resume_from
     if resume_uri is not None:  # all processes read it; the newest complete one, verified
         resumed, meta, local = open_model_checkpoint(resume_uri, cache_dir("checkpoints"))
         model.load_state_dict(resumed.state_dict())
         start = _restore_training_state(local, meta, optimizer, scheduler, info.device)
-        train_log.truncate(start)
         if info.is_main:
             log.info("resumed step %d from %s (iteration %d)", step.index, resume_uri, start)
+    train_log.truncate(start)  # records of an interrupted attempt past the resumed iteration
     net = distributed.prepare_model(model, info)
     if teacher is not None:
         teacher = teacher.to(info.device)
@@ -323,9 +359,8 @@ def _train_step(
     metrics.observe_evaluation(
         report.miou_old, report.miou_new, report.miou_all, report.hiou, report.pixel_accuracy
     )
-    if info.is_main:
+    if info.is_main:  # in the order of `resume`: every reader stays right whatever is killed
         results = {**report.to_dict(), "channel_names": data.channel_names}
-        open_store(where.metrics).write_json(where.metrics, results)
         train_log.publish()
         started = time.perf_counter()
         size = publish_model_checkpoint(
@@ -334,6 +369,7 @@ def _train_step(
         )  # fmt: skip
         metrics.observe_checkpoint(time.perf_counter() - started, size)
         metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
+        open_store(where.metrics).write_json(where.metrics, results)
         open_store(where.periodic).delete_prefix(where.periodic)
         log.info(
             "step %d done: %s\n%s",
@@ -384,13 +420,24 @@ class TrainLog:
     def truncate(self, iteration: int) -> None:
         """After a resume, forget records the interrupted run wrote past its checkpoint."""
         if self.enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if _logged_iteration(line) is not None and _logged_iteration(line) <= iteration
+            ]  # a line cut short by a kill has no iteration: dropped
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def publish(self) -> None:
         if self.enabled and is_remote(self.uri) and self.path.is_file():
             open_store(self.uri).upload_file(self.path, self.uri)
+
+
+def _logged_iteration(line: str) -> int | None:
+    try:
+        iteration = json.loads(line)["iteration"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return iteration if isinstance(iteration, int) else None
 
 
 def _log_iteration(train_log: TrainLog, iteration, terms, scheduler, progress, info) -> None:

@@ -30,6 +30,7 @@ from dkd_core.storage.checkpoints import (
     fetch_checkpoint,
     latest_checkpoint,
     upload_checkpoint,
+    verify_checkpoint,
 )
 from dkd_core.storage.datasets import SYNC_INDEX, SYNC_WORKERS, sync_dataset
 from dkd_core.storage.local import LocalStore
@@ -71,4 +72,5 @@ __all__ = [
     "split_s3_uri",
     "sync_dataset",
     "upload_checkpoint",
+    "verify_checkpoint",
 ]

@@ -23,10 +23,11 @@ from dkd_core.checkpoint_format import (
     InvalidCheckpointError,
     parse_meta,
     payload_entries,
+    sha256_file,
     verified_payload,
 )
 from dkd_core.errors import DKDError
-from dkd_core.storage.store import ObjectNotFoundError, Store
+from dkd_core.storage.store import ObjectInfo, ObjectNotFoundError, Store, atomic_output
 from dkd_core.storage.stores import open_store
 from dkd_core.storage.uris import is_remote, join, local_path
 
@@ -107,6 +108,68 @@ def checkpoint_complete(uri: str, store: Store | None = None) -> bool:
         if info is None or info.size != entry["bytes"]:
             return False
     return True
+
+
+def verify_checkpoint(uri: str, verified_cache: Path, store: Store | None = None) -> bool:
+    """Whether `uri` holds a final checkpoint whose every payload matches its sha256.
+
+    False when there is no meta.json (nothing was published there). A meta.json
+    whose payloads are missing, of the wrong size or of the wrong checksum is a
+    `DKDError` naming the file: something damaged the checkpoint after it was
+    published. Each verification is remembered in `verified_cache` by the
+    payload's identity (local: path, size, mtime_ns, inode; S3: URI, size,
+    etag), so a payload is read only once until it changes.
+    """
+    store = _store_for(uri, store)
+    meta = _read_meta(uri, store)
+    if meta is None:
+        return False
+    meta_uri = join(uri, META_FILE)
+    for entry in meta.payloads:
+        payload_uri = join(uri, entry["file"])
+        info = store.stat(payload_uri)
+        if info is None:
+            raise DKDError(f"{payload_uri} does not exist, but {meta_uri} names it")
+        if info.size != entry["bytes"]:
+            raise DKDError(
+                f"{payload_uri}: {info.size} bytes, but {meta_uri} says {entry['bytes']}; "
+                "the checkpoint is damaged"
+            )
+        actual = _payload_sha256(payload_uri, info, Path(verified_cache), store)
+        if actual != entry["sha256"]:
+            raise DKDError(
+                f"{payload_uri}: checksum mismatch (sha256 {actual}, {meta_uri} says "
+                f"{entry['sha256']}); the checkpoint is damaged"
+            )
+    return True
+
+
+def _payload_sha256(uri: str, info: ObjectInfo, verified_cache: Path, store: Store) -> str:
+    """The sha256 of the object at `uri`, computed once per identity of the object."""
+    if is_remote(uri):
+        identity = f"s3 {uri} {info.size} {info.etag}"
+    else:
+        st = local_path(uri).resolve().stat()
+        identity = f"file {local_path(uri).resolve()} {st.st_size} {st.st_mtime_ns} {st.st_ino}"
+    record = verified_cache / hashlib.sha256(identity.encode()).hexdigest()
+    try:
+        cached = record.read_text().strip()
+        if len(cached) == 64:
+            return cached
+    except OSError:
+        pass
+    if is_remote(uri):
+        verified_cache.mkdir(parents=True, exist_ok=True)
+        scratch = verified_cache / f".{record.name}.{uuid.uuid4().hex[:8]}.download"
+        try:
+            actual = store.download_file(uri, scratch, progress=False)
+        finally:
+            scratch.unlink(missing_ok=True)
+    else:
+        actual = sha256_file(local_path(uri))
+    with atomic_output(record, fsync=False) as f:
+        f.write(actual.encode())
+    return actual
 
 
 def fetch_checkpoint(uri: str, cache_dir: Path, store: Store | None = None) -> Path:

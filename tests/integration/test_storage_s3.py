@@ -313,3 +313,34 @@ def test_sync_dataset_mirrors_a_prefix_and_downloads_only_changes(
     assert sync_dataset(str(local), cache) == local
     with pytest.raises(DKDError, match="holds no objects"):
         sync_dataset(s3.uri("datasets/empty/"), cache, progress=False)
+
+
+def test_a_step_lease_in_s3_is_refused_while_held_and_released_after(s3: S3Endpoint):
+    from dkd_core.lease import LeaseHeldError, StepLease
+
+    folder = s3.uri("runs/lease/step_1")
+    store = s3_store(folder)
+    with StepLease(folder, "step 1"):
+        assert store.exists(join(folder, "lease.json"))
+        with pytest.raises(LeaseHeldError, match=r"step 1 is being trained by pid \d+"):
+            StepLease(folder, "step 1").acquire()
+    assert not store.exists(join(folder, "lease.json"))
+
+
+def test_a_same_size_corruption_in_s3_fails_verification_once_the_etag_changes(
+    s3: S3Endpoint, tmp_path, model
+):
+    from dkd_core.storage import verify_checkpoint
+
+    uri = s3.uri("runs/verify/final")
+    local = make_checkpoint(tmp_path / "ckpt", model, iteration=3)
+    upload_checkpoint(local, uri)
+    cache = tmp_path / "verified"
+    assert verify_checkpoint(uri, cache)
+    weights = bytearray((local / WEIGHTS_FILE).read_bytes())
+    weights[-10] ^= 0xFF
+    s3.client().put_object(
+        s3.bucket, "runs/verify/final/" + WEIGHTS_FILE, io.BytesIO(bytes(weights)), len(weights)
+    )
+    with pytest.raises(DKDError, match=f"{WEIGHTS_FILE}: checksum mismatch"):
+        verify_checkpoint(uri, cache)

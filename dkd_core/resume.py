@@ -1,0 +1,91 @@
+"""Whether a step is already done, resumes, or starts over; and what a finished step leaves.
+
+Running `train --step N` again is always safe:
+
+- a final checkpoint that verifies (every payload's sha256) and was trained with
+  the same result-affecting settings (`config.result_differences`) means the step
+  is complete: its leftovers are finished (eval/metrics.json written from the
+  checkpoint's metadata if a kill came before it, periodic checkpoints deleted)
+  and nothing is trained;
+- otherwise the newest complete periodic checkpoint is resumed, if it was
+  started with the same settings;
+- any difference in settings is an error that lists the keys, old -> new, and
+  says what to do: `--restart` (train the step again from scratch, deleting its
+  checkpoints, train log, metrics and exemplar memory) or another `run.output`.
+
+A finished step is written in this order, so that every reader stays right
+whenever a kill comes: the train log, then the final checkpoint (payloads,
+meta.json last), then eval/metrics.json (read by `report`), then the periodic
+checkpoints are deleted, then the lease (`lease`) is released.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from dkd_core.checkpoint_format import META_FILE
+from dkd_core.config import Config, result_differences
+from dkd_core.errors import DKDError
+from dkd_core.locations import StepLocations, cache_dir
+from dkd_core.storage import latest_checkpoint, open_store, verify_checkpoint
+
+log = logging.getLogger("dkd_core.resume")
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    complete: bool  # the final checkpoint exists, verified, with the same settings
+    resume_from: str | None = None  # the periodic checkpoint to resume, if any
+
+
+def check_same_settings(stored: Any, config: Config, uri: str, what: str) -> None:
+    """A `DKDError` listing the differing keys when `stored` (a checkpoint's config) and
+    `config` differ in anything that changes the result."""
+    if not isinstance(stored, dict):
+        raise DKDError(f"{uri}: meta.json holds no training config; cannot tell how it was trained")
+    differences = result_differences(stored, config, f"{uri}/{META_FILE}")
+    if differences:
+        raise DKDError(
+            f"{what} was trained with other settings ({uri}): {'; '.join(differences)}. "
+            "Pass --restart to train the step again with the new settings, or choose "
+            "another run.output"
+        )
+
+
+def clear_step(where: StepLocations) -> None:
+    """`--restart`: remove everything the step wrote (not the run's split manifest)."""
+    store = open_store(where.checkpoint)
+    store.delete(f"{where.checkpoint}/{META_FILE}")  # first: no reader sees a half-deleted one
+    store.delete_prefix(where.checkpoint)
+    store.delete_prefix(where.periodic)
+    for uri in (where.metrics, where.train_log, where.memory):
+        store.delete(uri)
+    log.info("restart: removed the checkpoints, metrics, train log and memory of %s", where.folder)
+
+
+def finish_leftovers(where: StepLocations, meta: dict[str, Any]) -> None:
+    """What a kill after the final checkpoint may have left undone."""
+    store = open_store(where.metrics)
+    if not store.exists(where.metrics) and isinstance(meta.get("metrics"), dict):
+        store.write_json(where.metrics, meta["metrics"])
+        log.info("wrote %s from the final checkpoint", where.metrics)
+    open_store(where.periodic).delete_prefix(where.periodic)
+
+
+def plan_step(config: Config, step_index: int, where: StepLocations, restart: bool) -> StepPlan:
+    """Rank 0's decision for one step (see the module docstring); raises on a mismatch."""
+    what = f"step {step_index}"
+    if restart:
+        clear_step(where)
+    if verify_checkpoint(where.checkpoint, cache_dir("verified")):
+        meta = open_store(where.checkpoint).read_json(f"{where.checkpoint}/{META_FILE}")
+        check_same_settings(meta.get("config"), config, where.checkpoint, what)
+        finish_leftovers(where, meta)
+        return StepPlan(complete=True)
+    resume = latest_checkpoint(where.periodic)
+    if resume is not None:
+        meta = open_store(resume).read_json(f"{resume}/{META_FILE}")
+        check_same_settings(meta.get("config"), config, resume, f"{what} (interrupted)")
+    return StepPlan(complete=False, resume_from=resume)
