@@ -12,7 +12,7 @@ under the final name.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,6 +26,7 @@ from dkd_core.checkpoint_format import (
     META_FILE,
     TRAINING_FILE,
     WEIGHTS_FILE,
+    ChecksumMismatchError,
     InvalidCheckpointError,
     parse_meta,
     payload_entries,
@@ -35,12 +36,16 @@ from dkd_core.checkpoint_format import (
 from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3
 from dkd_core.storage import fetch_checkpoint, is_remote, local_path, upload_checkpoint
+from dkd_core.storage.store import atomic_path
+
+log = logging.getLogger("dkd_core.checkpoint")
 
 __all__ = [
     "FORMAT_VERSION",
     "META_FILE",
     "TRAINING_FILE",
     "WEIGHTS_FILE",
+    "ChecksumMismatchError",
     "InvalidCheckpointError",
     "load_model_checkpoint",
     "load_training_tensors",
@@ -55,24 +60,10 @@ __all__ = [
 ]
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(tmp_path)` then rename over `path`; never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda p: save_file(tensors, str(p)))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
@@ -88,12 +79,21 @@ def save_model_checkpoint(
     that a final checkpoint, which has none, stays a plain model. Returns the folder.
     """
     directory = Path(directory)
-    full_meta = {"format_version": FORMAT_VERSION, **meta, "model": model.config()}
-    full_meta["weights"] = _write_tensors(directory / WEIGHTS_FILE, model.state_dict())
-    if training_tensors is not None:
-        full_meta["training_tensors"] = _write_tensors(directory / TRAINING_FILE, training_tensors)
-    text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / META_FILE, lambda p: p.write_text(text))
+    created = not directory.exists()
+    try:
+        full_meta = {"format_version": FORMAT_VERSION, **meta, "model": model.config()}
+        full_meta["weights"] = _write_tensors(directory / WEIGHTS_FILE, model.state_dict())
+        if training_tensors is not None:
+            full_meta["training_tensors"] = _write_tensors(
+                directory / TRAINING_FILE, training_tensors
+            )
+        text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
+        with atomic_path(directory / META_FILE) as tmp:
+            tmp.write_text(text)
+    except BaseException:
+        if created:  # e.g. a full disk: no folder without a meta.json stays behind
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
     return directory
 
 
@@ -179,5 +179,24 @@ def open_model_checkpoint(
     Returns the model, its metadata and the local folder (for training-state tensors).
     """
     local = fetch_checkpoint(uri, cache)
-    model, meta = load_model_checkpoint(local, map_location)
+    try:
+        model, meta = _load_verified(local, map_location)
+    except ChecksumMismatchError as e:
+        if not is_remote(uri):
+            raise
+        # The cached copy was damaged after it was verified (disk, a stray write): once more.
+        log.warning("%s; downloading %s again", e, uri)
+        local = fetch_checkpoint(uri, cache, refresh=True)
+        model, meta = _load_verified(local, map_location)
     return model, meta, local
+
+
+def _load_verified(
+    local: Path, map_location: str | torch.device
+) -> tuple[DeepLabV3, dict[str, Any]]:
+    """The model of a local checkpoint folder, after every payload's checksum (training state too)."""
+    model, meta = load_model_checkpoint(local, map_location)
+    for entry in payload_entries(meta):
+        if entry["file"] != meta["weights"]["file"]:
+            verified_payload(local, entry)
+    return model, meta

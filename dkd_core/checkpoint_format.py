@@ -34,6 +34,10 @@ class InvalidCheckpointError(DKDError):
     """A meta.json that is not a checkpoint's metadata."""
 
 
+class ChecksumMismatchError(DKDError):
+    """A payload whose sha256 differs from the one its meta.json records."""
+
+
 def parse_meta(data: bytes, where: str) -> dict[str, Any]:
     """The content of a meta.json; `InvalidCheckpointError` naming `where` if it is none."""
     try:
@@ -67,7 +71,7 @@ def verified_payload(directory: Path, entry: dict[str, Any]) -> Path:
         raise DKDError(f"{path} does not exist, but {directory / META_FILE} names it")
     actual = sha256_file(path)
     if actual != entry["sha256"]:
-        raise DKDError(
+        raise ChecksumMismatchError(
             f"{path}: checksum mismatch (sha256 {actual}, metadata says {entry['sha256']}); "
             "the file is corrupt or was replaced"
         )

@@ -29,7 +29,13 @@ from dkd_core.checkpoint_format import META_FILE
 from dkd_core.config import Config, result_differences
 from dkd_core.errors import DKDError
 from dkd_core.locations import StepLocations, cache_dir
-from dkd_core.storage import latest_checkpoint, open_store, verify_checkpoint
+from dkd_core.storage import (
+    is_remote,
+    latest_checkpoint,
+    local_path,
+    open_store,
+    verify_checkpoint,
+)
 
 log = logging.getLogger("dkd_core.resume")
 
@@ -74,9 +80,26 @@ def finish_leftovers(where: StepLocations, meta: dict[str, Any]) -> None:
     open_store(where.periodic).delete_prefix(where.periodic)
 
 
+def remove_temporaries(where: StepLocations) -> None:
+    """The temporary files of local writes a kill interrupted (`.<name>.<random>.tmp`).
+
+    Only the lease holder writes under the step folder, so every such file is a
+    leftover. S3 writes are single PUTs or multipart uploads: none stay visible.
+    """
+    if is_remote(where.folder):
+        return
+    folder = local_path(where.folder)
+    if folder.is_dir():
+        for leftover in folder.rglob(".*.tmp"):
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                log.info("removed %s, left by an interrupted write", leftover)
+
+
 def plan_step(config: Config, step_index: int, where: StepLocations, restart: bool) -> StepPlan:
     """Rank 0's decision for one step (see the module docstring); raises on a mismatch."""
     what = f"step {step_index}"
+    remove_temporaries(where)
     if restart:
         clear_step(where)
     if verify_checkpoint(where.checkpoint, cache_dir("verified")):

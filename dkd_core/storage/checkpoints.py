@@ -172,7 +172,9 @@ def _payload_sha256(uri: str, info: ObjectInfo, verified_cache: Path, store: Sto
     return actual
 
 
-def fetch_checkpoint(uri: str, cache_dir: Path, store: Store | None = None) -> Path:
+def fetch_checkpoint(
+    uri: str, cache_dir: Path, store: Store | None = None, refresh: bool = False
+) -> Path:
     """A local, verified checkpoint folder for the checkpoint at `uri`.
 
     Local URIs are verified (sha256 of every payload) and returned as they are.
@@ -181,6 +183,7 @@ def fetch_checkpoint(uri: str, cache_dir: Path, store: Store | None = None) -> P
     the cache only once its sha256 matches meta.json. The folder returned,
     `cache_dir/checkpoints/<sha256 of meta.json>/`, holds meta.json and hard
     links to (or copies of) the payloads; fetching it again downloads nothing.
+    `refresh` discards the cached copy first (it was found damaged) and downloads again.
     """
     store = _store_for(uri, store)
     if not is_remote(uri):
@@ -197,6 +200,10 @@ def fetch_checkpoint(uri: str, cache_dir: Path, store: Store | None = None) -> P
         )
     cache_dir = Path(cache_dir)
     final = cache_dir / "checkpoints" / hashlib.sha256(meta.data).hexdigest()
+    if refresh:
+        shutil.rmtree(final, ignore_errors=True)
+        for entry in meta.payloads:
+            (cache_dir / entry["sha256"] / entry["file"]).unlink(missing_ok=True)
     if _assembled(final, meta.payloads):
         return final
 

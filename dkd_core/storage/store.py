@@ -108,11 +108,52 @@ class Store(abc.ABC):
         self.write_text(uri, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process umask.
+
+    `mkstemp` creates 0o600 files; on a shared filesystem the other readers of a
+    run (a report job, a colleague) need the mode the user's umask asks for.
+    Linux shows the umask in /proc; elsewhere it is read by setting it back at once.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to `path` that replaces `path` once the block succeeds.
+
+    For writers that need a file name (safetensors). On any error the temporary
+    file is removed and `path` is untouched; the result has the umask's mode.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path, fsync: bool = True) -> Iterator[IO[bytes]]:
     """Yield a temporary file next to `path` that replaces `path` once the block succeeds.
 
-    On any error the temporary file is removed and `path` is untouched.
+    On any error the temporary file is removed and `path` is untouched; the
+    result has the mode the umask gives new files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -122,6 +163,7 @@ def atomic_output(path: Path, fsync: bool = True) -> Iterator[IO[bytes]]:
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

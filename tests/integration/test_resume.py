@@ -102,6 +102,18 @@ def test_leftovers_of_a_kill_after_the_final_checkpoint_are_finished(toy_root, r
     assert not (step / "periodic").exists()
 
 
+def test_temporary_files_of_interrupted_writes_are_removed(toy_root, run_copy):
+    step = run_copy / "step_0"
+    leftovers = [
+        step / "checkpoint" / ".meta.json.k1ll3d.tmp",
+        step / "eval" / ".metrics.json.x.tmp",
+    ]
+    for leftover in leftovers:
+        leftover.write_bytes(b"{half")
+    train_step(toy_config(toy_root, run_copy, *FAST), 0)
+    assert [p for p in leftovers if p.exists()] == []
+
+
 def test_a_kill_before_the_final_checkpoint_leaves_no_metrics_and_no_duplicate_log(
     toy_root, tmp_path, monkeypatch
 ):

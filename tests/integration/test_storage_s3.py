@@ -6,6 +6,7 @@ See tests/s3_server.py for the server and how to point these tests at a real one
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
@@ -344,3 +345,33 @@ def test_a_same_size_corruption_in_s3_fails_verification_once_the_etag_changes(
     )
     with pytest.raises(DKDError, match=f"{WEIGHTS_FILE}: checksum mismatch"):
         verify_checkpoint(uri, cache)
+
+
+def test_a_damaged_cached_copy_is_downloaded_again_once(
+    s3: S3Endpoint, tmp_path, model, monkeypatch
+):
+    from dkd_core.checkpoint import open_model_checkpoint
+
+    uri = s3.uri("runs/refetch/final")
+    upload_checkpoint(make_checkpoint(tmp_path / "ckpt", model, iteration=2), uri)
+    cache = tmp_path / "cache"
+    cached = fetch_checkpoint(uri, cache)
+    for name in (WEIGHTS_FILE, TRAINING_FILE):  # same size, other bytes: the cache is damaged
+        data = bytearray((cached / name).read_bytes())
+        data[-10] ^= 0xFF
+        (cached / name).unlink()  # break the hard link to the blob: damage both copies
+        (cached / name).write_bytes(bytes(data))
+        blob = (
+            cache
+            / json.loads((cached / META_FILE).read_text())[
+                "weights" if name == WEIGHTS_FILE else "training_tensors"
+            ]["sha256"]
+            / name
+        )
+        blob.write_bytes(bytes(data))
+    downloads = count_downloads(s3_store(uri), monkeypatch)
+    loaded, _, _ = open_model_checkpoint(uri, cache)
+    payloads = sorted(k.rsplit("/", 1)[1] for k in downloads if not k.endswith(META_FILE))
+    assert payloads == sorted([TRAINING_FILE, WEIGHTS_FILE]), "each damaged payload once"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
