@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dkd_core.checkpoint_format import (
@@ -62,8 +63,11 @@ __all__ = [
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+    except SafetensorError as e:  # its I/O errors (a full disk) come as this type
+        raise DKDError(f"{path}: cannot be written ({_first_line(e)})") from None
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
@@ -111,34 +115,122 @@ def load_training_tensors(directory: str | Path, meta: dict[str, Any]) -> dict[s
     """The verified training-state tensors of a periodic checkpoint."""
     if "training_tensors" not in meta:
         raise DKDError(f"{directory}: checkpoint holds no training state")
-    return load_file(str(verified_payload(Path(directory), meta["training_tensors"])))
+    path = verified_payload(Path(directory), meta["training_tensors"])
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise DKDError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
+
+
+# Bounds on an architecture read from meta.json, checked before anything is allocated
+# (ADE20K, the largest benchmark, has 150 classes; the reference ASPP has 256 channels).
+MAX_CLASSES = 1024
+MAX_ASPP_CHANNELS = 4096
+
+
+def _architecture(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
+    """meta.json's `model` section, every field checked for type and range."""
+    from dkd_core.model.resnet import BACKBONES
+
+    arch = meta.get("model")
+    if not isinstance(arch, dict):
+        raise DKDError(f"{meta_path}: 'model' must be a mapping, got {arch!r}")
+    for key in ("classes_per_step", "backbone", "output_stride", "aspp_channels", "dropout"):
+        if key not in arch:
+            raise DKDError(f"{meta_path}: model.{key} is missing")
+    heads = arch["classes_per_step"]
+    if (
+        not isinstance(heads, list)
+        or not heads
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in heads)
+        or sum(heads) > MAX_CLASSES
+    ):
+        raise DKDError(
+            f"{meta_path}: model.classes_per_step must be a list of class counts >= 1 "
+            f"(at most {MAX_CLASSES} in all), got {heads!r}"
+        )
+    if arch["backbone"] not in BACKBONES:
+        raise DKDError(
+            f"{meta_path}: model.backbone must be one of {sorted(BACKBONES)}, "
+            f"got {arch['backbone']!r}"
+        )
+    if arch["output_stride"] not in (8, 16) or isinstance(arch["output_stride"], bool):
+        raise DKDError(
+            f"{meta_path}: model.output_stride must be 8 or 16, got {arch['output_stride']!r}"
+        )
+    channels = arch["aspp_channels"]
+    if (
+        not isinstance(channels, int)
+        or isinstance(channels, bool)
+        or not 1 <= channels <= MAX_ASPP_CHANNELS
+    ):
+        raise DKDError(
+            f"{meta_path}: model.aspp_channels must be an integer in 1..{MAX_ASPP_CHANNELS}, "
+            f"got {channels!r}"
+        )
+    dropout = arch["dropout"]
+    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise DKDError(f"{meta_path}: model.dropout must be a number in [0, 1), got {dropout!r}")
+    return arch
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (no data read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except Exception as e:  # SafetensorError and friends: a header that lies or is cut short
+        raise DKDError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_fit(weights_path: Path, model: DeepLabV3, stored: dict[str, list[int]]) -> None:
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - stored.keys())
+    unexpected = sorted(stored.keys() - expected.keys())
+    wrong = [k for k in sorted(expected.keys() & stored.keys()) if expected[k] != stored[k]]
+    if missing or unexpected or wrong:
+        details = [f"missing {missing[:3]}"] if missing else []
+        details += [f"unexpected {unexpected[:3]}"] if unexpected else []
+        details += [
+            f"{k} is {stored[k]} in the file, {expected[k]} in the architecture" for k in wrong[:3]
+        ]
+        raise DKDError(
+            f"{weights_path}: the weights do not fit the architecture in its meta.json "
+            f"(model.classes_per_step {list(model.classes_per_step)}): {'; '.join(details)}"
+        )
 
 
 def load_model_checkpoint(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[DeepLabV3, dict[str, Any]]:
-    """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights."""
+    """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights.
+
+    The architecture's fields and the tensor shapes in the safetensors header are
+    checked before any tensor is allocated.
+    """
     directory = Path(directory)
     meta = read_meta(directory)
+    arch = _architecture(meta, directory / META_FILE)
     weights_path = verified_payload(directory, meta["weights"])
-    arch = meta["model"]
+    stored = _tensor_shapes(weights_path)
+    model = DeepLabV3(
+        classes_per_step=arch["classes_per_step"],
+        backbone=arch["backbone"],
+        output_stride=arch["output_stride"],
+        aspp_channels=arch["aspp_channels"],
+        dropout=arch["dropout"],
+    )
+    _check_fit(weights_path, model, stored)
     try:
-        model = DeepLabV3(
-            classes_per_step=arch["classes_per_step"],
-            backbone=arch["backbone"],
-            output_stride=arch["output_stride"],
-            aspp_channels=arch["aspp_channels"],
-            dropout=arch["dropout"],
-        )
-    except KeyError as e:
-        raise DKDError(f"{directory / META_FILE}: model.{e.args[0]} is missing") from e
-    state = load_file(str(weights_path), device=str(map_location))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DKDError(
-            f"{weights_path}: weights do not fit the architecture in its metadata; "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as e:
+        raise DKDError(f"{weights_path}: not a valid safetensors file ({_first_line(e)})") from None
+    model.load_state_dict(state, strict=True)
     return model.to(map_location), meta
 
 

@@ -52,6 +52,23 @@ def parse_meta(data: bytes, where: str) -> dict[str, Any]:
         name = entry["file"]
         if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
             raise InvalidCheckpointError(f"{where}: payload name {name!r} is not a plain file name")
+        digest, size = entry["sha256"], entry["bytes"]
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise InvalidCheckpointError(
+                f"{where}: the sha256 of {name} must be 64 hex digits, got {digest!r}"
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidCheckpointError(
+                f"{where}: the size of {name} must be a number of bytes, got {size!r}"
+            )
+    weights = meta["weights"]
+    if not isinstance(weights, dict) or not {"file", "sha256", "bytes"} <= weights.keys():
+        raise InvalidCheckpointError(
+            f"{where}: 'weights' must be a mapping with file, sha256 and bytes, got {meta['weights']!r}"
+        )
+    step = meta.get("step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool) or step < 0):
+        raise InvalidCheckpointError(f"{where}: 'step' must be an integer >= 0, got {step!r}")
     return meta
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from dkd_core.errors import DKDError
+from dkd_core.errors import DKDError, user_message
 
 
 def _parse_task(spec: str):
@@ -21,6 +21,8 @@ def _parse_task(spec: str):
     parts = spec.split(":")
     if len(parts) not in (2, 3):
         raise DKDError(f"--task {spec!r}: expected DATASET:NAME (e.g. voc:15-1) or DATASET:NAME:K")
+    if len(parts) == 3 and not parts[2].isdigit():
+        raise DKDError(f"--task {spec!r}: the class count K must be a whole number")
     num_classes = int(parts[2]) if len(parts) == 3 else None
     return get_task(parts[0], parts[1], num_classes=num_classes)
 
@@ -234,11 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure a user can cause is one line on stderr, exit 2;
+    Ctrl-C says where training stopped, exit 130 (128 + SIGINT, as shells report it)."""
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except DKDError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"error: {message}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))

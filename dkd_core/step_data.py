@@ -188,6 +188,8 @@ def run_manifest(
         num_workers=config.data.split_workers,
         progress=config.train.progress,
         cache_path=local,
+        train_image_paths=[s.image for s in train],
+        val_image_paths=[s.image for s in val],
     )
     if is_remote(manifest_uri) and not read_only:
         store.upload_file(local, manifest_uri)

@@ -116,6 +116,18 @@ def _training_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
 
 def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
     """Optimizer momentum, schedule and RNG of a periodic checkpoint; returns its iteration."""
+    try:
+        return _restore(directory, meta, optimizer, scheduler, device)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        if isinstance(e, DKDError):
+            raise
+        raise DKDError(
+            f"{directory}/meta.json: the training state does not fit this step's optimizer "
+            f"({type(e).__name__}: {e}); delete the periodic checkpoint or pass --restart"
+        ) from None
+
+
+def _restore(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
     tensors = load_training_tensors(directory, meta)
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available() and "rng.cuda" in tensors:
@@ -187,6 +199,7 @@ def train_step(
     info = distributed.init_distributed()
     metrics = None
     lease = None
+    _progress.reset()
     try:
         task = task_of(config)
         step = task.step(step_index)
@@ -199,12 +212,47 @@ def train_step(
             lease = StepLease(where.folder, f"step {step.index} ({where.folder})")
         _on_main(info, lambda: lease.acquire())
         return _train_step(config, task, step, info, where, teacher, metrics, restart)
+    except KeyboardInterrupt as e:
+        raise TrainingInterrupted(_progress.describe(step_index)) from e
     finally:
         if lease is not None:
             lease.release()
         if metrics is not None:
             metrics.close()
         distributed.cleanup()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during a step; the message says where it stopped and how to go on."""
+
+
+class _StepProgress:
+    """How far the step in this process got, for the message of an interruption."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.iteration: int | None = None
+        self.stop: int | None = None
+        self.checkpoint: str | None = None  # the newest periodic checkpoint (resume point)
+        self.final: str | None = None  # the final checkpoint, once written
+
+    def describe(self, step_index: int) -> str:
+        if self.final is not None:
+            return (
+                f"step {step_index} interrupted after its final checkpoint {self.final}; "
+                "the same command finishes what is left"
+            )
+        where = f"step {step_index} interrupted"
+        if self.iteration is not None:
+            where += f" at iteration {self.iteration} of {self.stop}"
+        if self.checkpoint is None:
+            return f"{where}; no periodic checkpoint yet: the same command starts the step over"
+        return f"{where}; last checkpoint {self.checkpoint}: the same command resumes from it"
+
+
+_progress = _StepProgress()
 
 
 def _on_main(info, action: Callable[[], T]) -> T:
@@ -281,6 +329,7 @@ def _train_step(
     start = 0
     train_log = TrainLog(where.train_log, enabled=info.is_main)
     resume_uri = plan.resume_from
+    _progress.checkpoint = resume_uri
     if resume_uri is not None:  # all processes read it; the newest complete one, verified
         resumed, meta, local = open_model_checkpoint(resume_uri, cache_dir("checkpoints"))
         model.load_state_dict(resumed.state_dict())
@@ -294,6 +343,7 @@ def _train_step(
     weights = config.loss.for_step(step.index)
 
     stop = min(max_iterations, config.train.max_iterations or max_iterations)
+    _progress.iteration, _progress.stop = start, stop
     metrics.set_plan(stop)
     use_amp = config.train.amp and info.device.type == "cuda"
     base_meta = {
@@ -332,6 +382,7 @@ def _train_step(
             optimizer.step()
             scheduler.step()
             iteration += 1
+            _progress.iteration = iteration
             progress.update(1)
             if iteration % config.train.log_every == 0:
                 _log_iteration(train_log, iteration, terms, scheduler, progress, info)
@@ -346,7 +397,7 @@ def _train_step(
             tick = time.perf_counter()
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
-                _save_periodic(
+                _progress.checkpoint = _save_periodic(
                     where, model, optimizer, scheduler, iteration, base_meta, info, metrics
                 )
                 train_log.publish()
@@ -367,6 +418,7 @@ def _train_step(
             where.checkpoint, model, {**base_meta, "metrics": results},
             scratch=cache_dir("scratch"),
         )  # fmt: skip
+        _progress.final = where.checkpoint
         metrics.observe_checkpoint(time.perf_counter() - started, size)
         metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
         open_store(where.metrics).write_json(where.metrics, results)
@@ -471,9 +523,10 @@ def _check_replicas_agree(model: torch.nn.Module, info) -> None:
 
 def _save_periodic(
     where: StepLocations, model, optimizer, scheduler, iteration, base_meta, info, metrics
-) -> None:
+) -> str:
     """A checkpoint with training state under `<step>/periodic/`; older ones beyond
     `train.keep_checkpoints` are deleted (resume picks by iteration, not by name)."""
+    uri = join(where.periodic, f"iter_{iteration:08d}")
     if info.is_main:
         started = time.perf_counter()
         meta = {
@@ -484,7 +537,6 @@ def _save_periodic(
                 "param_groups": optimizer.state_dict()["param_groups"],
             },
         }
-        uri = join(where.periodic, f"iter_{iteration:08d}")
         size = publish_model_checkpoint(
             uri, model, meta, _training_tensors(optimizer), scratch=cache_dir("scratch")
         )
@@ -495,3 +547,4 @@ def _save_periodic(
         for old in folders[:-keep]:
             store.delete_prefix(old)
     distributed.barrier()
+    return uri

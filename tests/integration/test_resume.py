@@ -152,8 +152,12 @@ def test_an_interrupted_step_resumed_with_other_settings_is_an_error(
 
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "evaluate_model", interrupted)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(train_module.TrainingInterrupted) as stopped:
             train_step(config, 0)
+    assert str(stopped.value) == (
+        f"step 0 interrupted at iteration 2 of 2; last checkpoint "
+        f"{run / 'step_0' / 'periodic' / 'iter_00000001'}: the same command resumes from it"
+    )
     changed = toy_config(toy_root, run, *FAST, "train.checkpoint_every=1", "optim.lr=0.02")
     with pytest.raises(DKDError) as error:
         train_step(changed, 0)
@@ -228,3 +232,14 @@ def test_evaluate_on_other_data_leaves_the_run_manifest_alone(toy_root, run_copy
     )
     assert Path(out).is_file()
     assert manifest.read_bytes() == before
+
+
+def test_a_damaged_teacher_names_the_damaged_file(toy_root, run_copy):
+    weights = run_copy / "step_0" / "checkpoint" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DKDError) as error:
+        train_step(toy_config(toy_root, run_copy, *FAST), 1)
+    assert f"{weights}: checksum mismatch" in str(error.value)
+    assert "train step 0 first" not in str(error.value)
