@@ -7,7 +7,8 @@ writes `<step folder>/lease.json` (who holds it, and a heartbeat renewed every
 second run that finds a live lease refuses with the holder's identity. A lease
 is stale, and is taken over with a warning, when its heartbeat is older than
 `STALE_SECONDS` (a killed pod, a lost node) or when its holder ran on this
-host and its process is gone (a killed local run: no waiting).
+host and its process is gone, or is this very process (a killed local run, a
+restarted container: no waiting).
 
 Creation is atomic for local files (O_EXCL). S3 has no portable
 create-if-absent, so after writing its lease a run reads it back and yields
@@ -32,8 +33,8 @@ from dkd_core.storage import ObjectNotFoundError, is_remote, join, local_path, o
 log = logging.getLogger("dkd_core.lease")
 
 LEASE_FILE = "lease.json"
-HEARTBEAT_SECONDS = 30.0
-STALE_SECONDS = 180.0  # six missed heartbeats
+HEARTBEAT_SECONDS = 20.0
+STALE_SECONDS = 120.0  # six missed heartbeats
 
 # Indirection so that tests can replace the clock.
 _now = time.time
@@ -110,6 +111,9 @@ class StepLease:
             return f"its last heartbeat was {age:.0f} s ago"
         pid = record.get("pid")
         same_host = record.get("host") == self.holder.host and isinstance(pid, int)
+        if same_host and pid == self.holder.pid and record.get("token") != self.holder.token:
+            # A restarted container reuses its pod's name and often its pid: that is us.
+            return f"it was written by an earlier run of this process ({pid} on this host)"
         if same_host and not _process_alive(pid):
             return f"its process {pid} on this host is gone"
         return None

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -30,8 +31,15 @@ def test_a_lease_is_taken_and_released(tmp_path):
     with StepLease(str(tmp_path / "step_0"), "step 0") as held:
         record = json.loads((tmp_path / "step_0" / "lease.json").read_text())
         assert record["token"] == held.holder.token and record["host"] == socket.gethostname()
-        with pytest.raises(LeaseHeldError, match=r"step 0 is being trained by pid \d+ on "):
-            StepLease(str(tmp_path / "step_0"), "step 0").acquire()
+        other_process = subprocess.run(
+            [sys.executable, "-c", "import sys; from dkd_core.lease import StepLease; "
+             "StepLease(sys.argv[1], 'step 0').acquire()", str(tmp_path / "step_0")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert other_process.returncode != 0
+        assert f"LeaseHeldError: step 0 is being trained by pid {os.getpid()} on " in (
+            other_process.stderr
+        )
     assert not (tmp_path / "step_0" / "lease.json").exists()
 
 
@@ -67,3 +75,12 @@ def test_the_heartbeat_keeps_the_lease_fresh(tmp_path, monkeypatch):
             time.sleep(0.05)
         else:
             pytest.fail("the heartbeat was not renewed")
+
+
+def test_a_restarted_container_with_the_same_pid_takes_its_own_lease_over(tmp_path, caplog):
+    import os
+
+    write_lease(tmp_path, host=socket.gethostname(), pid=os.getpid(), token="earlier-run")
+    with caplog.at_level(logging.WARNING), StepLease(str(tmp_path), "step 0"):
+        pass
+    assert "earlier run of this process" in caplog.text
