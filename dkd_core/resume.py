@@ -3,7 +3,8 @@
 Running `train --step N` again is always safe:
 
 - a final checkpoint that verifies (every payload's sha256) and was trained with
-  the same result-affecting settings (`config.result_differences`) means the step
+  the same result-affecting settings (`config.result_differences`) and, for a
+  step t > 0, from the same teacher checkpoint (`teacher_identity`) means the step
   is complete: its leftovers are finished (eval/metrics.json written from the
   checkpoint's metadata if a kill came before it, periodic checkpoints deleted)
   and nothing is trained;
@@ -21,6 +22,7 @@ checkpoints are deleted, then the lease (`lease`) is released.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,7 @@ from dkd_core.config import Config, result_differences
 from dkd_core.errors import DKDError
 from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.storage import (
+    ObjectNotFoundError,
     is_remote,
     latest_checkpoint,
     local_path,
@@ -96,7 +99,41 @@ def remove_temporaries(where: StepLocations) -> None:
                 log.info("removed %s, left by an interrupted write", leftover)
 
 
-def plan_step(config: Config, step_index: int, where: StepLocations, restart: bool) -> StepPlan:
+def teacher_identity(teacher_uri: str | None) -> dict[str, str] | None:
+    """What a step t > 0 records of its teacher: the URI and the sha256 of its meta.json
+    (which holds the sha256 of its weights), or None when there is no teacher (yet)."""
+    if teacher_uri is None:
+        return None
+    meta_uri = f"{teacher_uri.rstrip('/')}/{META_FILE}"
+    try:
+        data = open_store(meta_uri).read_bytes(meta_uri)
+    except ObjectNotFoundError:
+        return None
+    return {"uri": teacher_uri, "meta_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def check_same_teacher(stored: Any, teacher_uri: str | None, uri: str, what: str) -> None:
+    """A `DKDError` when a step was trained from another checkpoint of the previous step
+    (e.g. it was retrained with --restart since)."""
+    current = teacher_identity(teacher_uri)
+    if not isinstance(stored, dict) or current is None:
+        return  # written before teachers were recorded, or no teacher to compare
+    if stored.get("meta_sha256") != current["meta_sha256"]:
+        raise DKDError(
+            f"{what} was trained from another teacher than {teacher_uri} holds now ({uri}: "
+            f"teacher meta.json sha256 {stored.get('meta_sha256')}, now "
+            f"{current['meta_sha256']}). Pass --restart to train the step again from the "
+            "current teacher, or choose another run.output"
+        )
+
+
+def plan_step(
+    config: Config,
+    step_index: int,
+    where: StepLocations,
+    restart: bool,
+    teacher_uri: str | None = None,
+) -> StepPlan:
     """Rank 0's decision for one step (see the module docstring); raises on a mismatch."""
     what = f"step {step_index}"
     remove_temporaries(where)
@@ -105,10 +142,12 @@ def plan_step(config: Config, step_index: int, where: StepLocations, restart: bo
     if verify_checkpoint(where.checkpoint, cache_dir("verified")):
         meta = open_store(where.checkpoint).read_json(f"{where.checkpoint}/{META_FILE}")
         check_same_settings(meta.get("config"), config, where.checkpoint, what)
+        check_same_teacher(meta.get("teacher"), teacher_uri, where.checkpoint, what)
         finish_leftovers(where, meta)
         return StepPlan(complete=True)
     resume = latest_checkpoint(where.periodic)
     if resume is not None:
         meta = open_store(resume).read_json(f"{resume}/{META_FILE}")
         check_same_settings(meta.get("config"), config, resume, f"{what} (interrupted)")
+        check_same_teacher(meta.get("teacher"), teacher_uri, resume, f"{what} (interrupted)")
     return StepPlan(complete=False, resume_from=resume)

@@ -42,7 +42,7 @@ from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
 from dkd_core.metrics import TrainingMetrics, metrics_port
 from dkd_core.model import DeepLabV3, predict_from_logits
-from dkd_core.resume import plan_step
+from dkd_core.resume import plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
 from dkd_core.storage import is_remote, join, local_path, open_store
 from dkd_core.tasks import Task, TaskStep
@@ -285,7 +285,7 @@ def _train_step(
 ) -> str:
     from tqdm import tqdm
 
-    plan = _on_main(info, lambda: plan_step(config, step.index, where, restart))
+    plan = _on_main(info, lambda: plan_step(config, step.index, where, restart, teacher_uri))
     if plan.complete:
         if info.is_main:
             log.info("step %d already complete: %s", step.index, where.checkpoint)
@@ -351,6 +351,7 @@ def _train_step(
         "step": step.index,
         "channel_to_label": list(step.channel_to_label),
         "config": config_to_dict(config),
+        "teacher": teacher_identity(teacher_uri),  # None at step 0
     }
     net.train()
     progress = tqdm(

@@ -244,3 +244,16 @@ def test_a_damaged_teacher_names_the_damaged_file(toy_root, run_copy):
         train_step(toy_config(toy_root, run_copy, *FAST), 1)
     assert f"{weights}: checksum mismatch" in str(error.value)
     assert "train step 0 first" not in str(error.value)
+
+
+def test_a_step_trained_from_another_teacher_is_not_reused(toy_root, run_copy):
+    config = toy_config(toy_root, run_copy, *FAST)
+    step1 = train_step(config, 1)
+    assert read_meta(step1)["teacher"]["uri"] == str(run_copy / "step_0" / "checkpoint")
+    assert train_step(config, 1) == step1  # same teacher: complete
+    teacher_meta = run_copy / "step_0" / "checkpoint" / "meta.json"
+    meta = json.loads(teacher_meta.read_text())
+    meta["metrics"]["miou_all"] = 99.0  # the previous step was trained again since
+    teacher_meta.write_text(json.dumps(meta))
+    with pytest.raises(DKDError, match="step 1 was trained from another teacher than"):
+        train_step(config, 1)
