@@ -18,6 +18,10 @@ A finished step is written in this order, so that every reader stays right
 whenever a kill comes: the train log, then the final checkpoint (payloads,
 meta.json last), then eval/metrics.json (read by `report`), then the periodic
 checkpoints are deleted, then the lease (`lease`) is released.
+
+An interrupted step (Ctrl-C) raises `TrainingInterrupted`, whose message
+(`StepProgress.describe`) says the iteration reached, the last periodic
+checkpoint and that the same command resumes from it.
 """
 
 from __future__ import annotations
@@ -151,3 +155,33 @@ def plan_step(
         check_same_settings(meta.get("config"), config, resume, f"{what} (interrupted)")
         check_same_teacher(meta.get("teacher"), teacher_uri, resume, f"{what} (interrupted)")
     return StepPlan(complete=False, resume_from=resume)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGINT) during a step; the message says where it stopped and how to go on."""
+
+
+class StepProgress:
+    """How far the step in this process got, for the message of an interruption."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.iteration: int | None = None
+        self.stop: int | None = None
+        self.checkpoint: str | None = None  # the newest periodic checkpoint (resume point)
+        self.final: str | None = None  # the final checkpoint, once written
+
+    def describe(self, step_index: int) -> str:
+        if self.final is not None:
+            return (
+                f"step {step_index} interrupted after its final checkpoint {self.final}; "
+                "the same command finishes what is left"
+            )
+        where = f"step {step_index} interrupted"
+        if self.iteration is not None:
+            where += f" at iteration {self.iteration} of {self.stop}"
+        if self.checkpoint is None:
+            return f"{where}; no periodic checkpoint yet: the same command starts the step over"
+        return f"{where}; last checkpoint {self.checkpoint}: the same command resumes from it"

@@ -19,9 +19,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader
@@ -42,14 +40,12 @@ from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
 from dkd_core.metrics import TrainingMetrics, metrics_port
 from dkd_core.model import DeepLabV3, predict_from_logits
-from dkd_core.resume import plan_step, teacher_identity
+from dkd_core.resume import StepProgress, TrainingInterrupted, plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
 from dkd_core.storage import is_remote, join, local_path, open_store
 from dkd_core.tasks import Task, TaskStep
 
 log = logging.getLogger("dkd_core.train")
-
-T = TypeVar("T")
 
 
 # -- model and optimisation --------------------------------------------------------------
@@ -210,7 +206,7 @@ def train_step(
             teacher = StepLocations.of_run(config.run.output, step.index - 1).checkpoint
         if info.is_main:
             lease = StepLease(where.folder, f"step {step.index} ({where.folder})")
-        _on_main(info, lambda: lease.acquire())
+        distributed.on_main(info, lambda: lease.acquire())
         return _train_step(config, task, step, info, where, teacher, metrics, restart)
     except KeyboardInterrupt as e:
         raise TrainingInterrupted(_progress.describe(step_index)) from e
@@ -222,55 +218,7 @@ def train_step(
         distributed.cleanup()
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGINT) during a step; the message says where it stopped and how to go on."""
-
-
-class _StepProgress:
-    """How far the step in this process got, for the message of an interruption."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.iteration: int | None = None
-        self.stop: int | None = None
-        self.checkpoint: str | None = None  # the newest periodic checkpoint (resume point)
-        self.final: str | None = None  # the final checkpoint, once written
-
-    def describe(self, step_index: int) -> str:
-        if self.final is not None:
-            return (
-                f"step {step_index} interrupted after its final checkpoint {self.final}; "
-                "the same command finishes what is left"
-            )
-        where = f"step {step_index} interrupted"
-        if self.iteration is not None:
-            where += f" at iteration {self.iteration} of {self.stop}"
-        if self.checkpoint is None:
-            return f"{where}; no periodic checkpoint yet: the same command starts the step over"
-        return f"{where}; last checkpoint {self.checkpoint}: the same command resumes from it"
-
-
-_progress = _StepProgress()
-
-
-def _on_main(info, action: Callable[[], T]) -> T:
-    """Run `action` on rank 0 and give every process its result, or its `DKDError`."""
-    outcome: tuple[T | None, str | None] = (None, None)
-    error = None
-    if info.is_main:
-        try:
-            outcome = (action(), None)
-        except DKDError as e:
-            error = e
-            outcome = (None, str(e))
-    result, message = distributed.broadcast_object(outcome)
-    if error is not None:
-        raise error
-    if message is not None:
-        raise DKDError(message)
-    return result
+_progress = StepProgress()  # of the step this process trains, for Ctrl-C
 
 
 def _train_step(
@@ -285,7 +233,9 @@ def _train_step(
 ) -> str:
     from tqdm import tqdm
 
-    plan = _on_main(info, lambda: plan_step(config, step.index, where, restart, teacher_uri))
+    plan = distributed.on_main(
+        info, lambda: plan_step(config, step.index, where, restart, teacher_uri)
+    )
     if plan.complete:
         if info.is_main:
             log.info("step %d already complete: %s", step.index, where.checkpoint)

@@ -317,14 +317,18 @@ def test_sync_dataset_mirrors_a_prefix_and_downloads_only_changes(
 
 
 def test_a_step_lease_in_s3_is_refused_while_held_and_released_after(s3: S3Endpoint):
-    from dkd_core.lease import LeaseHeldError, StepLease
+    import os
+
+    from dkd_core.lease import Holder, LeaseHeldError, StepLease
 
     folder = s3.uri("runs/lease/step_1")
     store = s3_store(folder)
     with StepLease(folder, "step 1"):
         assert store.exists(join(folder, "lease.json"))
-        with pytest.raises(LeaseHeldError, match=r"step 1 is being trained by pid \d+"):
-            StepLease(folder, "step 1").acquire()
+        elsewhere = StepLease(folder, "step 1")
+        elsewhere.holder = Holder("pod-b", 7, "another-run")  # a run in another pod
+        with pytest.raises(LeaseHeldError, match=rf"step 1 is being trained by pid {os.getpid()}"):
+            elsewhere.acquire()
     assert not store.exists(join(folder, "lease.json"))
 
 
