@@ -53,8 +53,8 @@ submit: setup ## submit to Kubeflow Pipelines: make submit PIPELINE=voc_15-1 KFP
 	$(PY) -m pipelines submit $(PIPELINE) $(if $(KFP_HOST),--host $(KFP_HOST)) \
 		$(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
-toy-data: setup ## generate the toy dataset in data/toy
-	$(PY) -m dkd_core toy-data data/toy
+toy-data: setup ## generate the toy dataset in data/toy (kept when it is already there)
+	@test -f data/toy/class_names.txt || $(PY) -m dkd_core toy-data data/toy
 
 toy: toy-data ## train and evaluate every step of the toy task (pipelines/configs/toy.yaml)
 	$(PY) -m dkd_core train --config pipelines/configs/toy.yaml --step 0

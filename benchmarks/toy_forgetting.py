@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from dkd_core.checkpoint import read_meta
-from dkd_core.config import load_config
+from dkd_core.config import load_config, result_digest
 from dkd_core.data import make_toy_dataset
 from dkd_core.step_data import task_of
 from dkd_core.train import train_step
@@ -68,13 +68,19 @@ def main() -> None:
         common = [f"data.root={data}", f"train.seed={seed}", "train.checkpoint_every=0"]
         common += ["train.progress=false"]
         common += args.overrides
-        base = load_config(CONFIG, [*common, f"run.output={args.output}/seed{seed}/base"])
+        # Each run folder is named by the digest of its result-affecting settings, so a run
+        # with other settings (overrides, an edited toy.yaml) never reuses a finished step.
+        base = load_config(CONFIG, common)
+        base = load_config(
+            CONFIG, [*common, f"run.output={args.output}/base-{result_digest(base)}"]
+        )
         task = task_of(base)
         step0 = train_step(base, 0)
         base_classes = task.classes_per_step[0]
         step0_figures = figures(read_meta(step0)["metrics"], base_classes)
         for method, loss_overrides in METHODS.items():
-            out = f"run.output={args.output}/seed{seed}/{method}"
+            config = load_config(CONFIG, [*common, *loss_overrides])
+            out = f"run.output={args.output}/{method}-{result_digest(config)}"
             config = load_config(CONFIG, [*common, *loss_overrides, out])
             rows = [step0_figures]
             teacher = step0

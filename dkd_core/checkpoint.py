@@ -11,51 +11,63 @@ under the final name.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from dkd_core.checkpoint_format import (
+    FORMAT_VERSION,
+    META_FILE,
+    TRAINING_FILE,
+    WEIGHTS_FILE,
+    ChecksumMismatchError,
+    InvalidCheckpointError,
+    parse_meta,
+    payload_entries,
+    sha256_file,
+    verified_payload,
+)
 from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3
+from dkd_core.storage import fetch_checkpoint, is_remote, local_path, upload_checkpoint
+from dkd_core.storage.store import atomic_path
 
-WEIGHTS_FILE = "model.safetensors"
-TRAINING_FILE = "training.safetensors"
-META_FILE = "meta.json"
-FORMAT_VERSION = 1
+log = logging.getLogger("dkd_core.checkpoint")
 
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(tmp_path)` then rename over `path`; never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+__all__ = [
+    "FORMAT_VERSION",
+    "META_FILE",
+    "TRAINING_FILE",
+    "WEIGHTS_FILE",
+    "ChecksumMismatchError",
+    "InvalidCheckpointError",
+    "load_model_checkpoint",
+    "load_training_tensors",
+    "open_model_checkpoint",
+    "parse_meta",
+    "payload_entries",
+    "publish_model_checkpoint",
+    "read_meta",
+    "save_model_checkpoint",
+    "sha256_file",
+    "verified_payload",
+]
 
 
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda p: save_file(tensors, str(p)))
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
+    except SafetensorError as e:  # its I/O errors (a full disk) come as this type
+        raise DKDError(f"{path}: cannot be written ({_first_line(e)})") from None
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
@@ -71,43 +83,22 @@ def save_model_checkpoint(
     that a final checkpoint, which has none, stays a plain model. Returns the folder.
     """
     directory = Path(directory)
-    full_meta = {"format_version": FORMAT_VERSION, **meta, "model": model.config()}
-    full_meta["weights"] = _write_tensors(directory / WEIGHTS_FILE, model.state_dict())
-    if training_tensors is not None:
-        full_meta["training_tensors"] = _write_tensors(directory / TRAINING_FILE, training_tensors)
-    text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / META_FILE, lambda p: p.write_text(text))
-    return directory
-
-
-class InvalidCheckpointError(DKDError):
-    """A meta.json that is not a checkpoint's metadata."""
-
-
-def parse_meta(data: bytes, where: str) -> dict[str, Any]:
-    """The content of a meta.json; `InvalidCheckpointError` naming `where` if it is none."""
+    created = not directory.exists()
     try:
-        meta = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidCheckpointError(f"{where}: not valid JSON ({e})") from e
-    if not isinstance(meta, dict) or "weights" not in meta:
-        raise InvalidCheckpointError(
-            f"{where}: missing key 'weights'; not a checkpoint's meta.json"
-        )
-    for entry in payload_entries(meta):
-        name = entry["file"]
-        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
-            raise InvalidCheckpointError(f"{where}: payload name {name!r} is not a plain file name")
-    return meta
-
-
-def payload_entries(meta: dict[str, Any]) -> list[dict[str, Any]]:
-    """The payload files a meta.json names: entries {"file", "sha256", "bytes"}."""
-    return [
-        dict(value)
-        for value in meta.values()
-        if isinstance(value, dict) and {"file", "sha256", "bytes"} <= value.keys()
-    ]
+        full_meta = {"format_version": FORMAT_VERSION, **meta, "model": model.config()}
+        full_meta["weights"] = _write_tensors(directory / WEIGHTS_FILE, model.state_dict())
+        if training_tensors is not None:
+            full_meta["training_tensors"] = _write_tensors(
+                directory / TRAINING_FILE, training_tensors
+            )
+        text = json.dumps(full_meta, indent=2, sort_keys=True) + "\n"
+        with atomic_path(directory / META_FILE) as tmp:
+            tmp.write_text(text)
+    except BaseException:
+        if created:  # e.g. a full disk: no folder without a meta.json stays behind
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return directory
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
@@ -120,52 +111,126 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def verified_payload(directory: Path, entry: dict[str, Any]) -> Path:
-    """The payload file a meta.json entry names, after checking its sha256."""
-    path = directory / entry["file"]
-    if not path.is_file():
-        raise DKDError(f"{path} does not exist, but {directory / META_FILE} names it")
-    actual = sha256_file(path)
-    if actual != entry["sha256"]:
-        raise DKDError(
-            f"{path}: checksum mismatch (sha256 {actual}, metadata says {entry['sha256']}); "
-            "the file is corrupt or was replaced"
-        )
-    return path
-
-
 def load_training_tensors(directory: str | Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The verified training-state tensors of a periodic checkpoint."""
     if "training_tensors" not in meta:
         raise DKDError(f"{directory}: checkpoint holds no training state")
-    return load_file(str(verified_payload(Path(directory), meta["training_tensors"])))
+    path = verified_payload(Path(directory), meta["training_tensors"])
+    try:
+        return load_file(str(path))
+    except Exception as e:
+        raise DKDError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
+
+
+# Bounds on an architecture read from meta.json, checked before anything is allocated
+# (ADE20K, the largest benchmark, has 150 classes; the reference ASPP has 256 channels).
+MAX_CLASSES = 1024
+MAX_ASPP_CHANNELS = 4096
+
+
+def _architecture(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
+    """meta.json's `model` section, every field checked for type and range."""
+    from dkd_core.model.resnet import BACKBONES
+
+    arch = meta.get("model")
+    if not isinstance(arch, dict):
+        raise DKDError(f"{meta_path}: 'model' must be a mapping, got {arch!r}")
+    for key in ("classes_per_step", "backbone", "output_stride", "aspp_channels", "dropout"):
+        if key not in arch:
+            raise DKDError(f"{meta_path}: model.{key} is missing")
+    heads = arch["classes_per_step"]
+    if (
+        not isinstance(heads, list)
+        or not heads
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in heads)
+        or sum(heads) > MAX_CLASSES
+    ):
+        raise DKDError(
+            f"{meta_path}: model.classes_per_step must be a list of class counts >= 1 "
+            f"(at most {MAX_CLASSES} in all), got {heads!r}"
+        )
+    if arch["backbone"] not in BACKBONES:
+        raise DKDError(
+            f"{meta_path}: model.backbone must be one of {sorted(BACKBONES)}, "
+            f"got {arch['backbone']!r}"
+        )
+    if arch["output_stride"] not in (8, 16) or isinstance(arch["output_stride"], bool):
+        raise DKDError(
+            f"{meta_path}: model.output_stride must be 8 or 16, got {arch['output_stride']!r}"
+        )
+    channels = arch["aspp_channels"]
+    if (
+        not isinstance(channels, int)
+        or isinstance(channels, bool)
+        or not 1 <= channels <= MAX_ASPP_CHANNELS
+    ):
+        raise DKDError(
+            f"{meta_path}: model.aspp_channels must be an integer in 1..{MAX_ASPP_CHANNELS}, "
+            f"got {channels!r}"
+        )
+    dropout = arch["dropout"]
+    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise DKDError(f"{meta_path}: model.dropout must be a number in [0, 1), got {dropout!r}")
+    return arch
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Name -> shape of every tensor in a safetensors file, from its header (no data read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: list(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
+    except Exception as e:  # SafetensorError and friends: a header that lies or is cut short
+        raise DKDError(f"{path}: not a valid safetensors file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _check_fit(weights_path: Path, model: DeepLabV3, stored: dict[str, list[int]]) -> None:
+    expected = {k: list(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(expected.keys() - stored.keys())
+    unexpected = sorted(stored.keys() - expected.keys())
+    wrong = [k for k in sorted(expected.keys() & stored.keys()) if expected[k] != stored[k]]
+    if missing or unexpected or wrong:
+        details = [f"missing {missing[:3]}"] if missing else []
+        details += [f"unexpected {unexpected[:3]}"] if unexpected else []
+        details += [
+            f"{k} is {stored[k]} in the file, {expected[k]} in the architecture" for k in wrong[:3]
+        ]
+        raise DKDError(
+            f"{weights_path}: the weights do not fit the architecture in its meta.json "
+            f"(model.classes_per_step {list(model.classes_per_step)}): {'; '.join(details)}"
+        )
 
 
 def load_model_checkpoint(
     directory: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[DeepLabV3, dict[str, Any]]:
-    """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights."""
+    """Rebuild the model from `meta.json`, verify the payload's checksum, load the weights.
+
+    The architecture's fields and the tensor shapes in the safetensors header are
+    checked before any tensor is allocated.
+    """
     directory = Path(directory)
     meta = read_meta(directory)
+    arch = _architecture(meta, directory / META_FILE)
     weights_path = verified_payload(directory, meta["weights"])
-    arch = meta["model"]
+    stored = _tensor_shapes(weights_path)
+    model = DeepLabV3(
+        classes_per_step=arch["classes_per_step"],
+        backbone=arch["backbone"],
+        output_stride=arch["output_stride"],
+        aspp_channels=arch["aspp_channels"],
+        dropout=arch["dropout"],
+    )
+    _check_fit(weights_path, model, stored)
     try:
-        model = DeepLabV3(
-            classes_per_step=arch["classes_per_step"],
-            backbone=arch["backbone"],
-            output_stride=arch["output_stride"],
-            aspp_channels=arch["aspp_channels"],
-            dropout=arch["dropout"],
-        )
-    except KeyError as e:
-        raise DKDError(f"{directory / META_FILE}: model.{e.args[0]} is missing") from e
-    state = load_file(str(weights_path), device=str(map_location))
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise DKDError(
-            f"{weights_path}: weights do not fit the architecture in its metadata; "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as e:
+        raise DKDError(f"{weights_path}: not a valid safetensors file ({_first_line(e)})") from None
+    model.load_state_dict(state, strict=True)
     return model.to(map_location), meta
 
 
@@ -184,10 +249,6 @@ def publish_model_checkpoint(
     A local URI is written in place. For S3 the folder is written to `scratch`
     first and uploaded payloads first, meta.json last (`storage.upload_checkpoint`).
     """
-    import shutil
-
-    from dkd_core.storage import is_remote, local_path, upload_checkpoint
-
     if not is_remote(uri):
         directory = save_model_checkpoint(local_path(uri), model, meta, training_tensors)
         return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
@@ -209,8 +270,25 @@ def open_model_checkpoint(
 
     Returns the model, its metadata and the local folder (for training-state tensors).
     """
-    from dkd_core.storage import fetch_checkpoint
-
     local = fetch_checkpoint(uri, cache)
-    model, meta = load_model_checkpoint(local, map_location)
+    try:
+        model, meta = _load_verified(local, map_location)
+    except ChecksumMismatchError as e:
+        if not is_remote(uri):
+            raise
+        # The cached copy was damaged after it was verified (disk, a stray write): once more.
+        log.warning("%s; downloading %s again", e, uri)
+        local = fetch_checkpoint(uri, cache, refresh=True)
+        model, meta = _load_verified(local, map_location)
     return model, meta, local
+
+
+def _load_verified(
+    local: Path, map_location: str | torch.device
+) -> tuple[DeepLabV3, dict[str, Any]]:
+    """The model of a local checkpoint folder, after every payload's checksum (training state too)."""
+    model, meta = load_model_checkpoint(local, map_location)
+    for entry in payload_entries(meta):
+        if entry["file"] != meta["weights"]["file"]:
+            verified_payload(local, entry)
+    return model, meta

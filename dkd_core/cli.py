@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from dkd_core.errors import DKDError
+from dkd_core.errors import DKDError, user_message
 
 
 def _parse_task(spec: str):
@@ -21,6 +21,8 @@ def _parse_task(spec: str):
     parts = spec.split(":")
     if len(parts) not in (2, 3):
         raise DKDError(f"--task {spec!r}: expected DATASET:NAME (e.g. voc:15-1) or DATASET:NAME:K")
+    if len(parts) == 3 and not parts[2].isdigit():
+        raise DKDError(f"--task {spec!r}: the class count K must be a whole number")
     num_classes = int(parts[2]) if len(parts) == 3 else None
     return get_task(parts[0], parts[1], num_classes=num_classes)
 
@@ -70,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     config = load_config(args.config, args.overrides)
     final = train_step(
         config, args.step, teacher=args.teacher, checkpoint_out=args.checkpoint_out,
-        manifest=args.manifest,
+        manifest=args.manifest, restart=args.restart,
     )  # fmt: skip
     return {"step": args.step, "checkpoint": final}
 
@@ -93,8 +95,9 @@ def cmd_toy_data(args: argparse.Namespace) -> dict:
     from dkd_core.data import make_toy_dataset
 
     layout = make_toy_dataset(
-        Path(args.output), classes=args.classes, images=args.images, size=args.size, seed=args.seed
-    )
+        Path(args.output), classes=args.classes, images=args.images, size=args.size,
+        seed=args.seed, overwrite=args.force,
+    )  # fmt: skip
     return {
         "output": str(args.output),
         "classes": layout.num_classes,
@@ -174,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--manifest", help="split manifest URI (default: <run.output>/split/manifest.json)"
     )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="train the step again from scratch: delete its final and periodic checkpoints, "
+        "train log, metrics and exemplar memory first (needed when settings changed)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
@@ -199,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=500)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--force", action="store_true", help="overwrite a folder that already holds files"
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_toy_data)
 
@@ -224,11 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure a user can cause is one line on stderr, exit 2;
+    Ctrl-C says where training stopped, exit 130 (128 + SIGINT, as shells report it)."""
     args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
-    except DKDError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_message(e)
+        if message is None:
+            raise  # a bug: its traceback is what a report needs
+        print(f"error: {message}", file=sys.stderr)
         return 2
     if getattr(args, "json", False):
         print(json.dumps(result, indent=2))

@@ -157,9 +157,22 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
     raise DKDError(f"{where}: expected {names}, got {value!r}")
 
 
-def _build(cls: type, data: Any, where: str, source: str) -> Any:
+def _origin(path: str, source: str, origins: dict[str, str]) -> str:
+    """Where the value at `path` came from: a command-line override, or the file."""
+    for key, override in origins.items():
+        if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+            return f"command-line override {override!r}"
+    return source
+
+
+def _build(
+    cls: type, data: Any, where: str, source: str, origins: dict[str, str] | None = None
+) -> Any:
+    origins = origins or {}
     if not isinstance(data, dict):
-        raise DKDError(f"{source}: '{where}' must be a mapping, got {data!r}")
+        raise DKDError(
+            f"{_origin(where, source, origins)}: '{where}' must be a mapping, got {data!r}"
+        )
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -167,15 +180,76 @@ def _build(cls: type, data: Any, where: str, source: str) -> Any:
         path = f"{where}.{key}" if where else str(key)
         if key not in valid:
             raise DKDError(
-                f"{source}: unknown key '{path}'; valid keys{' in ' + repr(where) if where else ''}: "
-                f"{', '.join(valid)}"
+                f"{_origin(path, source, origins)}: unknown key '{path}'; "
+                f"valid keys{' in ' + repr(where) if where else ''}: {', '.join(valid)}"
             )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, path, source)
+            kwargs[key] = _build(hint, value, path, source, origins)
         else:
-            kwargs[key] = _check_value(value, hint, f"{source}: '{path}'")
+            value = _check_value(value, hint, f"{_origin(path, source, origins)}: '{path}'")
+            _check_range(path, value, _origin(path, source, origins))
+            kwargs[key] = value
     return cls(**kwargs)
+
+
+# Allowed values of the fields whose type alone does not say it (None is always allowed
+# where the type allows it). Checked at load, so a bad value fails before any work.
+_AT_LEAST: dict[str, float] = {
+    "data.crop_size": 1,
+    "data.batch_size": 1,
+    "data.eval_batch_size": 1,
+    "data.num_workers": 0,
+    "data.split_workers": 0,
+    "data.memory_size": 0,
+    "task.num_classes": 1,
+    "model.aspp_channels": 1,
+    "optim.epochs": 1,
+    "optim.weight_decay": 0,
+    "optim.power": 0,
+    "loss.mbce": 0,
+    "loss.kd": 0,
+    "loss.dkd_pos": 0,
+    "loss.dkd_neg": 0,
+    "loss.ac": 0,
+    "train.checkpoint_every": 0,
+    "train.keep_checkpoints": 1,
+    "train.log_every": 1,
+    "train.max_iterations": 1,
+}
+_ABOVE_ZERO = ("optim.lr", "optim.lr_incremental", "loss.pos_weight", "loss.pos_weight_incremental")
+_BETWEEN: dict[str, tuple[float, float]] = {
+    "optim.momentum": (0, 1),
+    "optim.warmup_fraction": (0, 1),
+    "optim.warmup_factor": (0, 1),
+    "train.metrics_port": (-1, 65535),  # -1: no metrics server; 0: any free port
+}
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "task.setting": ("overlap", "disjoint"),
+    "data.format": ("voc", "ade", "palette"),
+    "model.output_stride": (8, 16),
+    "optim.schedule": ("poly", "warmup_poly"),
+}
+
+
+def _check_range(path: str, value: Any, origin: str) -> None:
+    if value is None:
+        return
+    if path in _CHOICES and value not in _CHOICES[path]:
+        options = ", ".join(repr(c) for c in _CHOICES[path])
+        raise DKDError(f"{origin}: '{path}': expected one of {options}, got {value!r}")
+    if path in _AT_LEAST and not value >= _AT_LEAST[path]:
+        raise DKDError(
+            f"{origin}: '{path}': expected a number >= {_AT_LEAST[path]:g}, got {value!r}"
+        )
+    if path in _ABOVE_ZERO and not value > 0:
+        raise DKDError(f"{origin}: '{path}': expected a number > 0, got {value!r}")
+    if path in _BETWEEN:
+        low, high = _BETWEEN[path]
+        if not low <= value <= high:
+            raise DKDError(
+                f"{origin}: '{path}': expected a number in {low:g}..{high:g}, got {value!r}"
+            )
 
 
 def apply_overrides(data: dict, overrides: list[str], source: str = "override") -> dict:
@@ -224,5 +298,75 @@ def config_from_dict(
     data: dict, overrides: list[str] | None = None, source: str = "config"
 ) -> Config:
     """Config from a nested dict (e.g. the resolved config stored in a checkpoint)."""
-    data = apply_overrides(data, overrides or [], source=f"{source}: override")
-    return _build(Config, data, "", source)
+    data = apply_overrides(data, overrides or [], source="command-line override")
+    origins = {o.partition("=")[0].strip(): o for o in overrides or []}
+    return _build(Config, data, "", source, origins)
+
+
+# Keys that cannot change a step's weights or metrics: where things are written or
+# read from, how progress is shown, how fast data is loaded. A finished or
+# interrupted step is reused (or resumed) when only these differ from the config
+# stored in its checkpoint; any other difference is an error (`result_differences`).
+# - run.name, run.output: labels and locations, not the training
+# - data.root: where the dataset is read from (a local folder or its S3 copy); which
+#   images a step trains and tests on is fixed by the run's split manifest
+# - data.num_workers, data.split_workers: loader processes; augmentation is seeded
+#   per (seed, epoch, sample), not per worker
+# - data.eval_batch_size: evaluation runs in eval mode, images do not interact
+# - train.checkpoint_every, train.keep_checkpoints: a resumed run ends with the same
+#   weights as an uninterrupted one
+# - train.log_every, train.progress, train.metrics_port: logging and monitoring only
+RESULT_NEUTRAL_KEYS = frozenset(
+    {
+        "run.name",
+        "run.output",
+        "data.root",
+        "data.num_workers",
+        "data.split_workers",
+        "data.eval_batch_size",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.progress",
+        "train.metrics_port",
+    }
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def result_digest(config: Config) -> str:
+    """A short hash of the settings that change the result (`RESULT_NEUTRAL_KEYS` left out):
+    equal for two configs exactly when `result_differences` finds none."""
+    import hashlib
+    import json
+
+    flat = _flatten(config_to_dict(config))
+    kept = {k: v for k, v in flat.items() if k not in RESULT_NEUTRAL_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def result_differences(stored: dict[str, Any], requested: Config, where: str) -> list[str]:
+    """The result-affecting keys whose value in `stored` differs from `requested`, as
+    "key old -> new" lines, sorted; keys in `RESULT_NEUTRAL_KEYS` are not compared.
+
+    `stored` is the resolved config saved in a checkpoint; keys it lacks take their
+    defaults (a checkpoint written before a key existed was trained with its default).
+    """
+    try:
+        old = _flatten(config_to_dict(config_from_dict(stored, source=where)))
+    except DKDError as e:
+        raise DKDError(f"{where}: the stored config cannot be read ({e})") from e
+    new = _flatten(config_to_dict(requested))
+    return [
+        f"{key} {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if key not in RESULT_NEUTRAL_KEYS and old.get(key) != new.get(key)
+    ]

@@ -10,12 +10,17 @@ CUDA (it does not run on CPU/gloo); CPU processes keep plain BatchNorm.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from dkd_core.errors import DKDError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -106,3 +111,21 @@ def prepare_model(model: nn.Module, info: DistInfo) -> nn.Module:
     # The auxiliary head reads detached features and frozen BN takes no gradients:
     # every trainable parameter still gets a gradient each step, so no unused-parameter scan.
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def on_main(info: DistInfo, action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 and give every process its result, or its `DKDError`."""
+    outcome: tuple[T | None, str | None] = (None, None)
+    error = None
+    if info.is_main:
+        try:
+            outcome = (action(), None)
+        except DKDError as e:
+            error = e
+            outcome = (None, str(e))
+    result, message = broadcast_object(outcome)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise DKDError(message)
+    return result

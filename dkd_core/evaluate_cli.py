@@ -44,7 +44,8 @@ def evaluate_checkpoint(
                 f"{checkpoint}: heads {list(model.classes_per_step)} do not match "
                 f"step {step.index} of {step.task_name} ({list(step.classes_per_step)})"
             )
-        data = step_data(config, step, manifest or run_manifest_uri(config.run.output), info)
+        manifest = manifest or run_manifest_uri(config.run.output)
+        data = step_data(config, step, manifest, info, read_only=True)
         c = config.data
         loader = eval_loader(
             data.test, c.eval_batch_size, info.rank, info.world_size, c.num_workers

@@ -52,6 +52,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from dkd_core.errors import DKDError
+
 log = logging.getLogger("dkd_core.metrics")
 
 DEFAULT_PORT = 9400
@@ -103,9 +105,9 @@ def metrics_port() -> int:
     try:
         port = int(raw)
     except ValueError:
-        raise ValueError(f"{PORT_ENV}: expected a port number, got {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PORT_ENV}: expected a port in 0..65535, got {port}")
+        raise DKDError(f"{PORT_ENV}: expected a port number, got {raw!r}") from None
+    if not -1 <= port <= 65535:  # -1 turns the server off, 0 picks a free port
+        raise DKDError(f"{PORT_ENV}: expected a port in 0..65535, or -1 for none, got {port}")
     return port
 
 

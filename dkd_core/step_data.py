@@ -74,9 +74,18 @@ def train_dataset(config: Config, step: TaskStep, samples: list[Sample]) -> Segm
 
 
 def step_data(
-    config: Config, step: TaskStep, manifest_uri: str, info: distributed.DistInfo
+    config: Config,
+    step: TaskStep,
+    manifest_uri: str,
+    info: distributed.DistInfo,
+    read_only: bool = False,
 ) -> StepData:
-    """Train and test sets of one step, from the run's (cached) split manifest."""
+    """Train and test sets of one step, from the run's (cached) split manifest.
+
+    With `read_only` (evaluation) the run's manifest is used when it matches the
+    data, and otherwise a manifest is built in the local cache: the run's stays as
+    it is, since its steps were trained on it.
+    """
     layout = dataset_layout(config, info)
     task = task_of(config)
     if layout.num_classes != task.num_classes:
@@ -86,13 +95,30 @@ def step_data(
         )
     train_samples = {s.id: s for s in layout.samples("train")}
     val_samples = {s.id: s for s in layout.samples("val")}
+    for split, samples in (("train", train_samples), ("val", val_samples)):
+        if not samples:
+            raise DKDError(
+                f"{_list_source(layout, split)} lists no images: the {split} split is empty"
+            )
     manifest = None
     if info.is_main:  # one process reads the label PNGs, the others wait and read the result
         manifest = run_manifest(
-            config, task, list(train_samples.values()), list(val_samples.values()), manifest_uri
-        )
+            config, task, list(train_samples.values()), list(val_samples.values()), manifest_uri,
+            read_only=read_only,
+        )  # fmt: skip
     manifest = distributed.broadcast_object(manifest)
     split = manifest_step(manifest, step.index)
+    # An empty set would train nothing, or report an mIoU of 0 as if measured (SPEC §2 rules).
+    for split_name, ids, rule in (
+        ("train", split.train, f"holds a pixel of the step's new labels {list(step.new_labels)}"),
+        ("val", split.test, f"holds any label seen so far {list(step.seen_labels)}"),
+    ):
+        if not ids:
+            raise DKDError(
+                f"step {step.index} has no {'test' if split_name == 'val' else 'train'} images: "
+                f"no image of {_list_source(layout, split_name)} {rule} (split manifest "
+                f"{manifest_uri}); check the list and its labels"
+            )
     test = SegmentationDataset(
         [val_samples[i] for i in split.test],
         step.label_lut(step.seen_labels, fill=layout.unseen_test_label),
@@ -109,6 +135,12 @@ def step_data(
     )
 
 
+def _list_source(layout: DatasetLayout, split: str) -> Path:
+    """The list file of `split` (or its image folder, for datasets without lists)."""
+    files = layout.split_files(split)
+    return files.list_file or files.image_dir
+
+
 def _local_copy(uri: str) -> Path:
     """A local path for the file at `uri`: the path itself, or a cache file for s3://."""
     if not is_remote(uri):
@@ -118,15 +150,29 @@ def _local_copy(uri: str) -> Path:
 
 
 def run_manifest(
-    config: Config, task: Task, train: list[Sample], val: list[Sample], manifest_uri: str
+    config: Config,
+    task: Task,
+    train: list[Sample],
+    val: list[Sample],
+    manifest_uri: str,
+    read_only: bool = False,
 ) -> dict:
     """The run's split manifest: an imported one (authors' lists) as is, else built or cached.
 
     `train` and `val` are the dataset's samples (`DatasetLayout.samples`), listed once.
+    With `read_only` a manifest that must be rebuilt (other data) goes to the local
+    cache, never to `manifest_uri`.
     """
     store = open_store(manifest_uri)
     local = _local_copy(manifest_uri)
-    if is_remote(manifest_uri) and store.exists(manifest_uri):
+    if read_only:
+        key = f"{manifest_uri} {config.data.root}".encode()
+        private = cache_dir("manifests", "evaluate", hashlib.sha256(key).hexdigest()[:16])
+        private_copy = private / "manifest.json"
+        if store.exists(manifest_uri):
+            store.download_file(manifest_uri, private_copy, progress=False)
+        local = private_copy
+    elif is_remote(manifest_uri) and store.exists(manifest_uri):
         store.download_file(manifest_uri, local, progress=False)
     if local.is_file():
         existing = read_manifest(local)
@@ -142,8 +188,10 @@ def run_manifest(
         num_workers=config.data.split_workers,
         progress=config.train.progress,
         cache_path=local,
+        train_image_paths=[s.image for s in train],
+        val_image_paths=[s.image for s in val],
     )
-    if is_remote(manifest_uri):
+    if is_remote(manifest_uri) and not read_only:
         store.upload_file(local, manifest_uri)
     return manifest
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from dkd_core import distributed
 from dkd_core.checkpoint import (
+    META_FILE,
     load_training_tensors,
     open_model_checkpoint,
     publish_model_checkpoint,
@@ -34,19 +35,14 @@ from dkd_core.config import Config, config_to_dict
 from dkd_core.data import eval_loader, normalize, train_loader
 from dkd_core.errors import DKDError
 from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
+from dkd_core.lease import StepLease
 from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
 from dkd_core.metrics import TrainingMetrics, metrics_port
 from dkd_core.model import DeepLabV3, predict_from_logits
+from dkd_core.resume import StepProgress, TrainingInterrupted, plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
-from dkd_core.storage import (
-    checkpoint_complete,
-    is_remote,
-    join,
-    latest_checkpoint,
-    local_path,
-    open_store,
-)
+from dkd_core.storage import is_remote, join, local_path, open_store
 from dkd_core.tasks import Task, TaskStep
 
 log = logging.getLogger("dkd_core.train")
@@ -66,7 +62,7 @@ def build_student_and_teacher(
             pretrained_backbone=m.pretrained,
         )  # fmt: skip
         return model, None
-    if teacher_uri is None or not checkpoint_complete(teacher_uri):
+    if teacher_uri is None or not open_store(teacher_uri).exists(join(teacher_uri, META_FILE)):
         raise DKDError(
             f"step {step.index} needs step {step.index - 1}'s final checkpoint at {teacher_uri}; "
             f"train step {step.index - 1} first (same config, --step {step.index - 1})"
@@ -116,6 +112,18 @@ def _training_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
 
 def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
     """Optimizer momentum, schedule and RNG of a periodic checkpoint; returns its iteration."""
+    try:
+        return _restore(directory, meta, optimizer, scheduler, device)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        if isinstance(e, DKDError):
+            raise
+        raise DKDError(
+            f"{directory}/meta.json: the training state does not fit this step's optimizer "
+            f"({type(e).__name__}: {e}); delete the periodic checkpoint or pass --restart"
+        ) from None
+
+
+def _restore(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
     tensors = load_training_tensors(directory, meta)
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available() and "rng.cuda" in tensors:
@@ -174,14 +182,20 @@ def train_step(
     teacher: str | None = None,
     checkpoint_out: str | None = None,
     manifest: str | None = None,
+    restart: bool = False,
 ) -> str:
     """Train one CISS step end to end; returns the URI of its final checkpoint.
 
     By default every location follows `run.output` (`locations.StepLocations.of_run`);
     a pipeline passes the step's checkpoint URI, the manifest URI and the teacher's.
+    A finished step is reused and an interrupted one resumed when the settings match
+    (`resume`); `restart` trains the step again from scratch. Rank 0 holds the step's
+    lease (`lease`) while it runs.
     """
     info = distributed.init_distributed()
     metrics = None
+    lease = None
+    _progress.reset()
     try:
         task = task_of(config)
         step = task.step(step_index)
@@ -190,19 +204,39 @@ def train_step(
         where = StepLocations(checkpoint_out or where.checkpoint, manifest or where.manifest)
         if teacher is None and step.index > 0:
             teacher = StepLocations.of_run(config.run.output, step.index - 1).checkpoint
-        return _train_step(config, task, step, info, where, teacher, metrics)
+        if info.is_main:
+            lease = StepLease(where.folder, f"step {step.index} ({where.folder})")
+        distributed.on_main(info, lambda: lease.acquire())
+        return _train_step(config, task, step, info, where, teacher, metrics, restart)
+    except KeyboardInterrupt as e:
+        raise TrainingInterrupted(_progress.describe(step_index)) from e
     finally:
+        if lease is not None:
+            lease.release()
         if metrics is not None:
             metrics.close()
         distributed.cleanup()
 
 
+_progress = StepProgress()  # of the step this process trains, for Ctrl-C
+
+
 def _train_step(
-    config: Config, task: Task, step: TaskStep, info, where: StepLocations, teacher_uri, metrics
+    config: Config,
+    task: Task,
+    step: TaskStep,
+    info,
+    where: StepLocations,
+    teacher_uri,
+    metrics,
+    restart: bool = False,
 ) -> str:
     from tqdm import tqdm
 
-    if checkpoint_complete(where.checkpoint):
+    plan = distributed.on_main(
+        info, lambda: plan_step(config, step.index, where, restart, teacher_uri)
+    )
+    if plan.complete:
         if info.is_main:
             log.info("step %d already complete: %s", step.index, where.checkpoint)
         return where.checkpoint
@@ -244,20 +278,22 @@ def _train_step(
     )
     start = 0
     train_log = TrainLog(where.train_log, enabled=info.is_main)
-    resume_uri = latest_checkpoint(where.periodic)
+    resume_uri = plan.resume_from
+    _progress.checkpoint = resume_uri
     if resume_uri is not None:  # all processes read it; the newest complete one, verified
         resumed, meta, local = open_model_checkpoint(resume_uri, cache_dir("checkpoints"))
         model.load_state_dict(resumed.state_dict())
         start = _restore_training_state(local, meta, optimizer, scheduler, info.device)
-        train_log.truncate(start)
         if info.is_main:
             log.info("resumed step %d from %s (iteration %d)", step.index, resume_uri, start)
+    train_log.truncate(start)  # records of an interrupted attempt past the resumed iteration
     net = distributed.prepare_model(model, info)
     if teacher is not None:
         teacher = teacher.to(info.device)
     weights = config.loss.for_step(step.index)
 
     stop = min(max_iterations, config.train.max_iterations or max_iterations)
+    _progress.iteration, _progress.stop = start, stop
     metrics.set_plan(stop)
     use_amp = config.train.amp and info.device.type == "cuda"
     base_meta = {
@@ -265,6 +301,7 @@ def _train_step(
         "step": step.index,
         "channel_to_label": list(step.channel_to_label),
         "config": config_to_dict(config),
+        "teacher": teacher_identity(teacher_uri),  # None at step 0
     }
     net.train()
     progress = tqdm(
@@ -296,6 +333,7 @@ def _train_step(
             optimizer.step()
             scheduler.step()
             iteration += 1
+            _progress.iteration = iteration
             progress.update(1)
             if iteration % config.train.log_every == 0:
                 _log_iteration(train_log, iteration, terms, scheduler, progress, info)
@@ -310,7 +348,7 @@ def _train_step(
             tick = time.perf_counter()
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
-                _save_periodic(
+                _progress.checkpoint = _save_periodic(
                     where, model, optimizer, scheduler, iteration, base_meta, info, metrics
                 )
                 train_log.publish()
@@ -323,17 +361,18 @@ def _train_step(
     metrics.observe_evaluation(
         report.miou_old, report.miou_new, report.miou_all, report.hiou, report.pixel_accuracy
     )
-    if info.is_main:
+    if info.is_main:  # in the order of `resume`: every reader stays right whatever is killed
         results = {**report.to_dict(), "channel_names": data.channel_names}
-        open_store(where.metrics).write_json(where.metrics, results)
         train_log.publish()
         started = time.perf_counter()
         size = publish_model_checkpoint(
             where.checkpoint, model, {**base_meta, "metrics": results},
             scratch=cache_dir("scratch"),
         )  # fmt: skip
+        _progress.final = where.checkpoint
         metrics.observe_checkpoint(time.perf_counter() - started, size)
         metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
+        open_store(where.metrics).write_json(where.metrics, results)
         open_store(where.periodic).delete_prefix(where.periodic)
         log.info(
             "step %d done: %s\n%s",
@@ -384,13 +423,24 @@ class TrainLog:
     def truncate(self, iteration: int) -> None:
         """After a resume, forget records the interrupted run wrote past its checkpoint."""
         if self.enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["iteration"] <= iteration]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if _logged_iteration(line) is not None and _logged_iteration(line) <= iteration
+            ]  # a line cut short by a kill has no iteration: dropped
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def publish(self) -> None:
         if self.enabled and is_remote(self.uri) and self.path.is_file():
             open_store(self.uri).upload_file(self.path, self.uri)
+
+
+def _logged_iteration(line: str) -> int | None:
+    try:
+        iteration = json.loads(line)["iteration"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return iteration if isinstance(iteration, int) else None
 
 
 def _log_iteration(train_log: TrainLog, iteration, terms, scheduler, progress, info) -> None:
@@ -424,9 +474,10 @@ def _check_replicas_agree(model: torch.nn.Module, info) -> None:
 
 def _save_periodic(
     where: StepLocations, model, optimizer, scheduler, iteration, base_meta, info, metrics
-) -> None:
+) -> str:
     """A checkpoint with training state under `<step>/periodic/`; older ones beyond
     `train.keep_checkpoints` are deleted (resume picks by iteration, not by name)."""
+    uri = join(where.periodic, f"iter_{iteration:08d}")
     if info.is_main:
         started = time.perf_counter()
         meta = {
@@ -437,7 +488,6 @@ def _save_periodic(
                 "param_groups": optimizer.state_dict()["param_groups"],
             },
         }
-        uri = join(where.periodic, f"iter_{iteration:08d}")
         size = publish_model_checkpoint(
             uri, model, meta, _training_tensors(optimizer), scratch=cache_dir("scratch")
         )
@@ -448,3 +498,4 @@ def _save_periodic(
         for old in folders[:-keep]:
             store.delete_prefix(old)
     distributed.barrier()
+    return uri

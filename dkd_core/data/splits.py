@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from dkd_core.data.labels import NUM_LABEL_VALUES, read_label
@@ -90,31 +91,61 @@ class StepSplit:
 # --------------------------------------------------------------------------- presence
 
 
-def _label_presence(path: str | Path) -> np.ndarray:
-    """Bool [256]: which label values occur in one label PNG (one vectorised bincount)."""
-    return np.bincount(read_label(path).ravel(), minlength=NUM_LABEL_VALUES) > 0
+def _label_presence(path: str | Path, image_path: str | Path | None = None) -> np.ndarray:
+    """Bool [256]: which label values occur in one label PNG (one vectorised bincount).
+
+    With `image_path`, the image's size (read from its header, not decoded) must
+    be the label's: a mismatch would otherwise stop training mid-epoch.
+    """
+    label = read_label(path)  # [H, W]
+    if image_path is not None:
+        try:
+            with Image.open(image_path) as image:
+                width, height = image.size
+        except FileNotFoundError:
+            raise DKDError(f"{image_path}: image file not found") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DKDError(f"{image_path}: cannot read image ({exc})") from None
+        if (height, width) != label.shape:
+            raise DKDError(
+                f"{path}: label is {label.shape[1]}x{label.shape[0]} but image {image_path} "
+                f"is {width}x{height} (width x height)"
+            )
+    return np.bincount(label.ravel(), minlength=NUM_LABEL_VALUES) > 0
+
+
+def _presence_of_pair(pair: tuple[str, str | None]) -> np.ndarray:
+    return _label_presence(*pair)
 
 
 def class_presence(
-    label_paths: Sequence[Path], num_workers: int = 0, progress: bool = True
+    label_paths: Sequence[Path],
+    num_workers: int = 0,
+    progress: bool = True,
+    image_paths: Sequence[Path] | None = None,
 ) -> np.ndarray:
     """One pass over label PNGs: bool [num_images, 256], [i, v] = value v occurs in image i.
 
     Labels are read as palette indices (`np.asarray(Image.open(p))`, mode L or P);
     an RGB label or a missing file is a `DKDError` naming the file. With
-    `num_workers > 0` the images are decoded in that many processes; rows keep
-    the input order either way.
+    `image_paths` (one per label) each image's size is checked against its
+    label's. With `num_workers > 0` the images are decoded in that many
+    processes; rows keep the input order either way.
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise DKDError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     paths = [str(p) for p in label_paths]
+    images = [str(p) for p in image_paths] if image_paths is not None else [None] * len(paths)
+    if len(images) != len(paths):
+        raise DKDError(f"expected one image per label, got {len(images)} and {len(paths)}")
+    pairs = list(zip(paths, images, strict=True))
     presence = np.zeros((len(paths), NUM_LABEL_VALUES), dtype=bool)
     if not paths:
         return presence
     bar = tqdm(total=len(paths), desc="class presence", unit="img", disable=not progress)
     with bar:
         if num_workers == 0:
-            rows: Iterable[np.ndarray] = map(_label_presence, paths)
+            rows: Iterable[np.ndarray] = map(_presence_of_pair, pairs)
             for i, row in enumerate(rows):
                 presence[i] = row
                 bar.update()
@@ -122,7 +153,7 @@ def class_presence(
             # Chunks amortise inter-process traffic; ~8 chunks per worker keeps them balanced.
             chunksize = max(1, len(paths) // (num_workers * 8))
             with ProcessPoolExecutor(max_workers=num_workers) as pool:
-                for i, row in enumerate(pool.map(_label_presence, paths, chunksize=chunksize)):
+                for i, row in enumerate(pool.map(_presence_of_pair, pairs, chunksize=chunksize)):
                     presence[i] = row  # Executor.map yields results in input order
                     bar.update()
     return presence
@@ -286,15 +317,37 @@ def _build(
     val_label_paths: Sequence[Path],
     num_workers: int,
     progress: bool,
+    train_image_paths: Sequence[Path] | None = None,
+    val_image_paths: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
-    train_presence = class_presence(train_label_paths, num_workers, progress)
-    val_presence = class_presence(val_label_paths, num_workers, progress)
+    train_presence = class_presence(train_label_paths, num_workers, progress, train_image_paths)
+    val_presence = class_presence(val_label_paths, num_workers, progress, val_image_paths)
+    for presence, paths in ((train_presence, train_label_paths), (val_presence, val_label_paths)):
+        _check_label_values(presence, paths, task.num_classes)
     splits = derive_splits(task, train_ids, train_presence, val_ids, val_presence)
     counts = {
         "train": _class_image_counts(train_presence, task.num_classes),
         "val": _class_image_counts(val_presence, task.num_classes),
     }
     return _manifest(task, inputs, splits, class_image_counts=counts)
+
+
+def _check_label_values(
+    presence: np.ndarray, label_paths: Sequence[Path], num_classes: int
+) -> None:
+    """Every label value is background, ignore or a class 1..K (SPEC §1): checked here, in
+    seconds, rather than by the DataLoader in the middle of training."""
+    allowed = np.zeros(NUM_LABEL_VALUES, dtype=bool)  # [256]
+    allowed[[BACKGROUND, IGNORE, *range(1, num_classes + 1)]] = True
+    bad_rows = np.flatnonzero((presence & ~allowed).any(axis=1))
+    if bad_rows.size:
+        row = int(bad_rows[0])
+        values = np.flatnonzero(presence[row] & ~allowed).tolist()
+        more = f" ({bad_rows.size - 1} more labels too)" if bad_rows.size > 1 else ""
+        raise DKDError(
+            f"{label_paths[row]}: label values {values} are not classes of this dataset; "
+            f"expected 0 (background), 255 (ignore) and 1..{num_classes}{more}"
+        )
 
 
 def build_manifest(
@@ -331,12 +384,15 @@ def build_or_load_manifest(
     cache_path: Path,
     num_workers: int = 0,
     progress: bool = True,
+    train_image_paths: Sequence[Path] | None = None,
+    val_image_paths: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     """The manifest cached at `cache_path` if its task and input checksums match, else a new one.
 
     Only the label checksums are computed on a cache hit (cheap next to decoding
     every PNG); a missing, unreadable or stale cache is rebuilt and written to
-    `cache_path`.
+    `cache_path`. A build checks every label value, and every image's size
+    against its label's when `*_image_paths` are given.
     """
     cache_path = Path(cache_path)
     train_ids = _check_inputs(train_ids, train_label_paths, "train")
@@ -355,8 +411,9 @@ def build_or_load_manifest(
                 return cached
             log.info("split manifest %s is stale (task or labels changed); rebuilding", cache_path)
     manifest = _build(
-        task, inputs, train_ids, train_label_paths, val_ids, val_label_paths, num_workers, progress
-    )
+        task, inputs, train_ids, train_label_paths, val_ids, val_label_paths, num_workers,
+        progress, train_image_paths, val_image_paths,
+    )  # fmt: skip
     write_manifest(manifest, cache_path)
     return manifest
 

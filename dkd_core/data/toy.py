@@ -194,6 +194,7 @@ def make_toy_dataset(
     size: int = 64,
     seed: int = 0,
     val_fraction: float = 0.2,
+    overwrite: bool = False,
 ) -> DatasetLayout:
     """Write the toy benchmark to `out` in the VOC layout and return its layout.
 
@@ -203,11 +204,19 @@ def make_toy_dataset(
     image j of the shuffled order has primary class (j mod K) + 1, and the first
     round(val_fraction * images) of that order form the val split, so both splits
     hold every class about equally often.
+
+    A folder that already holds files is refused unless `overwrite`: runs and
+    split manifests may depend on the dataset in it.
     """
     n_val = _check_args(classes, images, size, val_fraction)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise DKDError(f"{out}: toy dataset output must be a folder")
+    if out.is_dir() and not overwrite and any(out.iterdir()):
+        raise DKDError(
+            f"{out} already holds files (runs may depend on the dataset in it): choose an "
+            "empty folder, or pass --force to overwrite it"
+        )
     image_dir, label_dir = out / "JPEGImages", out / "SegmentationClassAug"
     list_dir = out / "ImageSets" / "Segmentation"
     for folder in (image_dir, label_dir, list_dir):

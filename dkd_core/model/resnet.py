@@ -12,6 +12,7 @@ drops its stride; the following blocks use the new dilation.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,11 +171,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise DKDError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError:  # torch's refusal of anything but tensors
         raise DKDError(
-            f"{path}: cannot be read as a PyTorch weight file with weights_only=True "
-            f"(a corrupt file, or one that holds Python objects besides tensors): {e}"
-        ) from e
+            f"{path} holds Python objects besides tensors (pickled code) and was not loaded: "
+            "loading it could run that code. If you trust its source, convert it once in an "
+            "isolated environment (torch.load(..., weights_only=False), then "
+            "safetensors.torch.save_file of its state_dict) and pass the .safetensors file"
+        ) from None
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DKDError(f"{path}: not a readable PyTorch weight file ({first_line})") from None
     for key in ("state_dict", "model"):  # common wrappers around the tensors
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -6,6 +6,7 @@ See tests/s3_server.py for the server and how to point these tests at a real one
 from __future__ import annotations
 
 import io
+import json
 import logging
 import threading
 import time
@@ -313,3 +314,68 @@ def test_sync_dataset_mirrors_a_prefix_and_downloads_only_changes(
     assert sync_dataset(str(local), cache) == local
     with pytest.raises(DKDError, match="holds no objects"):
         sync_dataset(s3.uri("datasets/empty/"), cache, progress=False)
+
+
+def test_a_step_lease_in_s3_is_refused_while_held_and_released_after(s3: S3Endpoint):
+    import os
+
+    from dkd_core.lease import Holder, LeaseHeldError, StepLease
+
+    folder = s3.uri("runs/lease/step_1")
+    store = s3_store(folder)
+    with StepLease(folder, "step 1"):
+        assert store.exists(join(folder, "lease.json"))
+        elsewhere = StepLease(folder, "step 1")
+        elsewhere.holder = Holder("pod-b", 7, "another-run")  # a run in another pod
+        with pytest.raises(LeaseHeldError, match=rf"step 1 is being trained by pid {os.getpid()}"):
+            elsewhere.acquire()
+    assert not store.exists(join(folder, "lease.json"))
+
+
+def test_a_same_size_corruption_in_s3_fails_verification_once_the_etag_changes(
+    s3: S3Endpoint, tmp_path, model
+):
+    from dkd_core.storage import verify_checkpoint
+
+    uri = s3.uri("runs/verify/final")
+    local = make_checkpoint(tmp_path / "ckpt", model, iteration=3)
+    upload_checkpoint(local, uri)
+    cache = tmp_path / "verified"
+    assert verify_checkpoint(uri, cache)
+    weights = bytearray((local / WEIGHTS_FILE).read_bytes())
+    weights[-10] ^= 0xFF
+    s3.client().put_object(
+        s3.bucket, "runs/verify/final/" + WEIGHTS_FILE, io.BytesIO(bytes(weights)), len(weights)
+    )
+    with pytest.raises(DKDError, match=f"{WEIGHTS_FILE}: checksum mismatch"):
+        verify_checkpoint(uri, cache)
+
+
+def test_a_damaged_cached_copy_is_downloaded_again_once(
+    s3: S3Endpoint, tmp_path, model, monkeypatch
+):
+    from dkd_core.checkpoint import open_model_checkpoint
+
+    uri = s3.uri("runs/refetch/final")
+    upload_checkpoint(make_checkpoint(tmp_path / "ckpt", model, iteration=2), uri)
+    cache = tmp_path / "cache"
+    cached = fetch_checkpoint(uri, cache)
+    for name in (WEIGHTS_FILE, TRAINING_FILE):  # same size, other bytes: the cache is damaged
+        data = bytearray((cached / name).read_bytes())
+        data[-10] ^= 0xFF
+        (cached / name).unlink()  # break the hard link to the blob: damage both copies
+        (cached / name).write_bytes(bytes(data))
+        blob = (
+            cache
+            / json.loads((cached / META_FILE).read_text())[
+                "weights" if name == WEIGHTS_FILE else "training_tensors"
+            ]["sha256"]
+            / name
+        )
+        blob.write_bytes(bytes(data))
+    downloads = count_downloads(s3_store(uri), monkeypatch)
+    loaded, _, _ = open_model_checkpoint(uri, cache)
+    payloads = sorted(k.rsplit("/", 1)[1] for k in downloads if not k.endswith(META_FILE))
+    assert payloads == sorted([TRAINING_FILE, WEIGHTS_FILE]), "each damaged payload once"
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key

@@ -64,3 +64,38 @@ def test_weights_that_do_not_fit_the_metadata(tmp_path, model):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(DKDError, match="do not fit the architecture"):
         load_model_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.fixture
+def umask_022():
+    import os
+
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_checkpoint_and_store_files_respect_the_umask(tmp_path, model, umask_022):
+    from dkd_core.storage import LocalStore
+
+    folder = save_model_checkpoint(tmp_path / "ckpt", model, {"step": 0})
+    LocalStore().write_json(str(tmp_path / "eval" / "metrics.json"), {"miou": 1})
+    files = [*folder.iterdir(), tmp_path / "eval" / "metrics.json"]
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+        f.name: "0o644" for f in files
+    }
+
+
+def test_a_full_disk_leaves_no_checkpoint_folder(tmp_path, model, monkeypatch):
+    import errno
+
+    import dkd_core.checkpoint as checkpoint_module
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", disk_full)
+    target = tmp_path / "periodic" / "iter_00000004"
+    with pytest.raises(OSError, match="No space left"):
+        save_model_checkpoint(target, model, {"step": 0}, {"t": torch.zeros(2)})
+    assert not target.exists()

@@ -85,3 +85,45 @@ def test_loss_weights_per_step():
     voc = load_config(CONFIGS / "voc_15-1.yaml").loss
     assert (voc.for_step(0).pos_weight, voc.for_step(1).pos_weight) == (2.0, 1.0)
     assert loss.for_step(1).kd == 3.0 and loss.for_step(1).dkd_pos == 5.0
+
+
+def test_result_differences_list_result_keys_old_to_new_and_ignore_neutral_ones():
+    from dkd_core.config import RESULT_NEUTRAL_KEYS, config_to_dict, result_differences
+
+    stored = config_to_dict(load_config(None, ["optim.lr=0.01"]))
+    neutral = ["train.log_every=3", "train.progress=false", "train.metrics_port=-1",
+               "data.num_workers=0", "run.output=elsewhere", "train.checkpoint_every=7"]  # fmt: skip
+    assert result_differences(stored, load_config(None, ["optim.lr=0.01", *neutral]), "m") == []
+    changed = load_config(None, ["optim.lr=0.02", "train.amp=false", *neutral])
+    assert result_differences(stored, changed, "m") == [
+        "optim.lr 0.01 -> 0.02",
+        "train.amp True -> False",
+    ]
+    assert {"train.progress", "train.metrics_port", "data.num_workers"} <= RESULT_NEUTRAL_KEYS
+
+
+def test_a_stored_config_missing_a_key_was_trained_with_its_default():
+    from dkd_core.config import config_to_dict, result_differences
+
+    stored = config_to_dict(load_config(None))
+    del stored["loss"]["ac"]
+    assert result_differences(stored, load_config(None), "m") == []
+    assert result_differences(stored, load_config(None, ["loss.ac=0"]), "m") == [
+        "loss.ac 1.0 -> 0.0"
+    ]
+
+
+def test_result_digest_changes_exactly_with_the_result_settings():
+    from dkd_core.config import result_digest
+
+    base = result_digest(load_config(None))
+    assert result_digest(load_config(None, ["train.log_every=1", "run.output=x"])) == base
+    assert result_digest(load_config(None, ["optim.lr=0.5"])) != base
+
+
+def test_train_has_a_restart_flag():
+    from dkd_core.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--config", "c.yaml", "--step", "1", "--restart"])
+    assert args.restart is True
+    assert build_parser().parse_args(["train", "--config", "c", "--step", "1"]).restart is False

@@ -398,9 +398,9 @@ def test_build_or_load_manifest_cache(
     calls: list[int] = []
     real = splits.class_presence
 
-    def counting(paths, num_workers=0, progress=True):
+    def counting(paths, num_workers=0, progress=True, image_paths=None):
         calls.append(len(paths))
-        return real(paths, num_workers, progress)
+        return real(paths, num_workers, progress, image_paths)
 
     monkeypatch.setattr(splits, "class_presence", counting)
     built = _cached(task, data, cache)
@@ -600,3 +600,31 @@ def test_select_memory_errors() -> None:
         select_memory(["a0", "a0"], MEMORY_LABELS, [1], 1, seed=0)
     with pytest.raises(DKDError, match="candidate_labels: expected a bool array"):
         select_memory(["a0"], np.zeros((2, 256), dtype=bool), [1], 1, seed=0)
+
+
+def _write_pair(
+    folder: Path, name: str, label: np.ndarray, image_size: tuple[int, int]
+) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    label_path, image_path = folder / f"{name}.png", folder / f"{name}.jpg"
+    Image.fromarray(label.astype(np.uint8), mode="L").save(label_path)
+    Image.new("RGB", image_size).save(image_path)
+    return label_path, image_path
+
+
+def test_the_split_pass_rejects_label_values_outside_the_classes(tmp_path):
+    task = get_task("toy", "2-1", num_classes=3)
+    good, _ = _write_pair(tmp_path, "a", np.array([[0, 1], [2, 255]]), (2, 2))
+    bad, _ = _write_pair(tmp_path, "b", np.array([[0, 1], [9, 3]]), (2, 2))
+    with pytest.raises(DKDError) as error:
+        build_manifest(task, ["a", "b"], [good, bad], ["a"], [good], progress=False)
+    assert str(error.value) == (
+        f"{bad}: label values [9] are not classes of this dataset; "
+        "expected 0 (background), 255 (ignore) and 1..3"
+    )
+
+
+def test_the_split_pass_rejects_an_image_of_another_size_than_its_label(tmp_path):
+    label, image = _write_pair(tmp_path, "a", np.array([[0, 1, 2], [3, 0, 0]]), (4, 2))
+    with pytest.raises(DKDError, match=r"label is 3x2 but image .*a\.jpg is 4x2"):
+        splits.class_presence([label], image_paths=[image], progress=False)

@@ -154,7 +154,7 @@ def test_local_writes_are_atomic_and_leave_no_tmp_files(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk went away")
 
-    monkeypatch.setattr(storage.os, "replace", broken_replace)
+    monkeypatch.setattr(storage.store.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk went away"):
         store.write_bytes(str(target), b"new")
     assert target.read_bytes() == b"old", "a failed write must leave the old content"
@@ -431,8 +431,8 @@ def refused() -> urllib3.exceptions.MaxRetryError:
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(storage, "_sleep", fake.sleep)
-    monkeypatch.setattr(storage, "_monotonic", fake.monotonic)
+    monkeypatch.setattr(storage.s3, "_sleep", fake.sleep)
+    monkeypatch.setattr(storage.s3, "_monotonic", fake.monotonic)
     return fake
 
 
@@ -507,3 +507,31 @@ def test_kfp_minio_uris_are_s3():
 
     assert is_remote("minio://mlpipeline/v2/artifacts/run/model")
     assert split_s3_uri("minio://mlpipeline/v2/artifacts/x") == ("mlpipeline", "v2/artifacts/x")
+
+
+def test_verify_checkpoint_reads_each_payload_once_until_it_changes(tmp_path, model, monkeypatch):
+    import os
+
+    from dkd_core.storage import checkpoints, verify_checkpoint
+
+    folder = make_checkpoint(tmp_path / "ckpt", model, iteration=1, training=False)
+    cache = tmp_path / "verified"
+    reads: list[Path] = []
+    original = checkpoints.sha256_file
+
+    def counting(path):
+        reads.append(Path(path))
+        return original(path)
+
+    monkeypatch.setattr(checkpoints, "sha256_file", counting)
+    assert verify_checkpoint(str(folder), cache) and verify_checkpoint(str(folder), cache)
+    assert reads == [folder / WEIGHTS_FILE], "the second verification must use the cache"
+    weights = folder / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    stat = weights.stat()
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with pytest.raises(DKDError, match=r"checksum mismatch .* the checkpoint is damaged"):
+        verify_checkpoint(str(folder), cache)
+    assert not verify_checkpoint(str(tmp_path / "nothing"), cache)

@@ -118,3 +118,14 @@ def test_argument_errors(tmp_path: Path) -> None:
         make_toy_dataset(tmp_path, val_fraction=1.0)
     with pytest.raises(DKDError, match="empty train or val split"):
         make_toy_dataset(tmp_path, images=2, val_fraction=0.1)
+
+
+def test_an_existing_dataset_is_not_overwritten_without_force(tmp_path):
+    out = tmp_path / "toy"
+    make_toy_dataset(out, classes=3, images=10, size=16, seed=0)
+    before = (out / "ImageSets" / "Segmentation" / "val.txt").read_text()
+    with pytest.raises(DKDError, match=f"{out} already holds files .* --force"):
+        make_toy_dataset(out, classes=3, images=12, size=16, seed=1)
+    assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == before
+    make_toy_dataset(out, classes=3, images=12, size=16, seed=1, overwrite=True)
+    assert len((out / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()) > 0
