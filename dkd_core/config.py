@@ -109,6 +109,7 @@ class TrainConfig:
     metrics_port: int | None = (
         None  # rank 0 serves /metrics here; None: $DKD_METRICS_PORT or 9400; -1: off
     )
+    metrics_address: str = "0.0.0.0"  # where /metrics listens: all interfaces; "::" for IPv6
     max_iterations: int | None = (
         None  # stop early (smoke tests); the schedule still spans all epochs
     )

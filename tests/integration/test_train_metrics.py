@@ -51,7 +51,7 @@ def test_metrics_are_served_during_training(toy_root, tmp_path):
         [sys.executable, "-m", "dkd_core", "train", "--config", str(CONFIGS / "toy.yaml"),
          "--step", "0", *args],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "DKD_RUN_ID": "kfp-run-1"},
     )  # fmt: skip
     try:
         samples, deadline = {}, time.time() + 120
@@ -67,14 +67,16 @@ def test_metrics_are_served_during_training(toy_root, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    labels = {"run": "scrape-test", "task": "toy:4-1", "ciss_step": "0"}
+    labels = {"run": "scrape-test", "run_id": "kfp-run-1", "task": "toy:4-1", "ciss_step": "0"}
     assert value(samples, "dkd_loss", term="mbce", **labels) > 0
     assert value(samples, "dkd_loss", term="total", **labels) > 0
     assert value(samples, "dkd_loss", term="kd") is None  # step 0 has no distillation
     assert value(samples, "dkd_learning_rate", group="backbone") == pytest.approx(0.01, rel=0.2)
     assert value(samples, "dkd_learning_rate", group="aspp") == pytest.approx(0.1, rel=0.2)
-    assert value(samples, "dkd_samples_per_second") > 0
-    assert value(samples, "dkd_step_duration_seconds_count") >= 5
-    assert value(samples, "dkd_dataloader_wait_seconds_count") >= 5
+    iterations = value(samples, "dkd_iteration")
+    assert value(samples, "dkd_samples_total") == 8 * iterations
+    assert value(samples, "dkd_iteration_duration_seconds_count") == iterations
+    assert value(samples, "dkd_dataloader_wait_seconds_count") == iterations
+    assert value(samples, "dkd_compute_seconds_count") == iterations
     assert 0 < value(samples, "dkd_progress_ratio") < 1
     assert value(samples, "dkd_epoch") >= 0
