@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import CONFIGS
@@ -80,3 +81,39 @@ def test_metrics_are_served_during_training(toy_root, tmp_path):
     assert value(samples, "dkd_compute_seconds_count") == iterations
     assert 0 < value(samples, "dkd_progress_ratio") < 1
     assert value(samples, "dkd_epoch") >= 0
+
+
+def test_the_run_id_is_recorded_kept_on_resume_and_inherited_by_the_next_step(
+    toy_root, tmp_path, monkeypatch, request
+):
+    import dkd_core.train as train_module
+    from dkd_core.checkpoint import read_meta
+    from dkd_core.train import train_step
+    from tests.integration.conftest import toy_config
+
+    monkeypatch.delenv("DKD_RUN_ID", raising=False)
+    small = ("optim.epochs=1", "data.crop_size=32", "data.batch_size=4", "model.aspp_channels=16")
+    config = toy_config(toy_root, tmp_path / "run", *small, "train.checkpoint_every=2")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small trains faster on one thread
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
+
+    def interrupted(*args, **kwargs):  # stop after training, before the final checkpoint
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "evaluate_model", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_step(config, 0)
+    periodic = sorted((tmp_path / "run" / "step_0" / "periodic").glob("iter_*"))
+    generated = read_meta(periodic[-1])["run_id"]
+    assert len(generated) == 12
+
+    step0 = train_step(config, 0)  # resumes: the same identity
+    assert read_meta(step0)["run_id"] == generated
+    step1 = train_step(config, 1)  # the next step of the same run
+    assert read_meta(step1)["run_id"] == generated
+
+    monkeypatch.setenv("DKD_RUN_ID", "kfp-run-3")  # a pipeline run says who it is
+    again = toy_config(toy_root, tmp_path / "again", *small)
+    assert read_meta(train_step(again, 0))["run_id"] == "kfp-run-3"
