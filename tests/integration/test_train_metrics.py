@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import CONFIGS
@@ -83,8 +84,20 @@ def test_metrics_are_served_during_training(toy_root, tmp_path):
     assert value(samples, "dkd_epoch") >= 0
 
 
+@pytest.fixture
+def one_thread():
+    """A model this small trains several times faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SMALL = ("optim.epochs=1", "data.crop_size=32", "data.batch_size=4", "model.aspp_channels=16")
+
+
 def test_the_run_id_is_recorded_kept_on_resume_and_inherited_by_the_next_step(
-    toy_root, tmp_path, monkeypatch, request
+    toy_root, tmp_path, monkeypatch, one_thread
 ):
     import dkd_core.train as train_module
     from dkd_core.checkpoint import read_meta
@@ -92,11 +105,7 @@ def test_the_run_id_is_recorded_kept_on_resume_and_inherited_by_the_next_step(
     from tests.integration.conftest import toy_config
 
     monkeypatch.delenv("DKD_RUN_ID", raising=False)
-    small = ("optim.epochs=1", "data.crop_size=32", "data.batch_size=4", "model.aspp_channels=16")
-    config = toy_config(toy_root, tmp_path / "run", *small, "train.checkpoint_every=2")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small trains faster on one thread
-    request.addfinalizer(lambda: torch.set_num_threads(threads))
+    config = toy_config(toy_root, tmp_path / "run", *SMALL, "train.checkpoint_every=2")
 
     def interrupted(*args, **kwargs):  # stop after training, before the final checkpoint
         raise KeyboardInterrupt
@@ -115,5 +124,45 @@ def test_the_run_id_is_recorded_kept_on_resume_and_inherited_by_the_next_step(
     assert read_meta(step1)["run_id"] == generated
 
     monkeypatch.setenv("DKD_RUN_ID", "kfp-run-3")  # a pipeline run says who it is
-    again = toy_config(toy_root, tmp_path / "again", *small)
+    again = toy_config(toy_root, tmp_path / "again", *SMALL)
     assert read_meta(train_step(again, 0))["run_id"] == "kfp-run-3"
+
+
+def test_checkpoint_saves_are_not_counted_as_data_loader_wait(
+    toy_root, tmp_path, monkeypatch, one_thread
+):
+    """A clock that jumps 1000 s during each periodic save: only the save time sees it."""
+    import dkd_core.train as train_module
+    from dkd_core.train import train_step
+    from tests.integration.conftest import toy_config
+
+    offset = [0.0]
+    real_clock = time.perf_counter
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: real_clock() + offset[0])
+    real_save = train_module._save_periodic
+
+    def slow_save(*args, **kwargs):
+        real_save(*args, **kwargs)
+        offset[0] += 1000.0
+
+    monkeypatch.setattr(train_module, "_save_periodic", slow_save)
+    built = []
+    real_start = train_module.start_metrics
+    monkeypatch.setattr(
+        train_module,
+        "start_metrics",
+        lambda *a, **k: built.append(real_start(*a, **k)) or built[-1],
+    )
+    train_step(toy_config(toy_root, tmp_path / "run", *SMALL, "train.checkpoint_every=2"), 0)
+
+    [metrics] = built
+    families = {
+        s.name: s.value
+        for f in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for s in f.samples
+        if not s.labels.get("le")
+    }
+    assert offset[0] >= 2000  # several saves happened
+    assert families["dkd_dataloader_wait_seconds_sum"] < 1000
+    assert families["dkd_compute_seconds_sum"] < 1000
+    assert families["dkd_iteration_duration_seconds_sum"] < 1000
