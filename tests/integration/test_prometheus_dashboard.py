@@ -1,7 +1,8 @@
 """Every query of the Grafana dashboard against a real Prometheus and Pushgateway.
 
-The toy trains two steps of one run, then step 0 again as a second run with the
-same run name (a pipeline run again). Prometheus scrapes each training process
+The toy trains two steps of one run (step 1 as two processes under torchrun),
+then step 0 again as a second run with the same run name, another seed and no
+Pushgateway (a pipeline run again). Prometheus scrapes each training process
 every second with the labels the PodMonitor gives a PyTorchJob master pod, and
 the Pushgateway with honor_labels, as its documentation asks. While each step
 runs and after it ends, every panel query of k8s/monitoring/dashboard.json
@@ -129,6 +130,7 @@ class Monitoring:
         )  # fmt: skip
         wait_ready(f"{self.pushgateway_url}/-/ready", self.pushgateway, "pushgateway")
         wait_ready(f"{self.url}/-/ready", self.prometheus, "prometheus")
+        self.started = time.time()
 
     def write_targets(self, targets: list[dict]) -> None:
         """Replace the file_sd targets atomically (as pods come and go)."""
@@ -155,6 +157,20 @@ class Monitoring:
         assert body["status"] == "success", body
         assert body["data"]["resultType"] == "vector", expr
         return [(r["metric"], float(r["value"][1])) for r in body["data"]["result"]]
+
+    def query_last(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
+        """A range query over the test's lifetime: each series' last value, as a time
+        series panel's legend shows it (lastNotNull)."""
+        start = min(self.started, at - 1)
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{at:.3f}", "step": "1"}
+        body = http_get(f"{self.url}/api/v1/query_range?{urllib.parse.urlencode(params)}")
+        assert body["status"] == "success" and body["data"]["resultType"] == "matrix", body
+        out = []
+        for series in body["data"]["result"]:
+            values = [float(v) for _, v in series["values"] if not math.isnan(float(v))]
+            if values:
+                out.append((series["metric"], values[-1]))
+        return out
 
     def label_values(self, selector: str, label: str) -> set[str]:
         """What Grafana's label_values(selector, label) lists."""
@@ -195,6 +211,7 @@ class Query:
     panel: str
     ref: str
     expr: str  # with Grafana's variables substituted
+    range: bool  # a time series (Grafana runs a range query), else one instant
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -214,7 +231,7 @@ def dashboard_queries() -> tuple[list[Query], list[tuple[str, str, str]]]:
     board = json.loads(DASHBOARD.read_text())
     values = {**VARIABLES, "run": ALL, "run_id": ALL, "task": ALL, "ciss_step": ALL}
     queries = [
-        Query(panel["title"], target["refId"], substitute(target["expr"], values))
+        Query(panel["title"], target["refId"], substitute(target["expr"], values), target["range"])
         for panel in board["panels"]
         for target in panel.get("targets", [])
     ]
@@ -244,6 +261,8 @@ class Step:
     index: int
     run_id: str | None  # $DKD_RUN_ID; None: generated, learnt from the live series
     seed: int = 1
+    processes: int = 1  # under torchrun when > 1
+    push: bool = True  # PUSHGATEWAY_URL set; else the results reach Prometheus by the last scrape
     config: Config = field(init=False)
     where: StepLocations = field(init=False)
     periodic_bytes: dict[int, int] = field(default_factory=dict)
@@ -318,7 +337,14 @@ class Checker:
     def run_all(self, live: Step | None, phase: str) -> int | None:
         """All queries at one instant; returns the live iteration seen (None before any)."""
         at = time.time() - 0.5  # a scrape being written is seen entirely or not at all
-        results = {(q.panel, q.ref): self.monitoring.query(q.expr, at) for q in self.queries}
+        # Live panels at the instant (what is running now); a results time series as its
+        # last points over the time range (a finished step's line ends where it ended).
+        results = {
+            (q.panel, q.ref): self.monitoring.query_last(q.expr, at)
+            if q.range and is_final(q)
+            else self.monitoring.query(q.expr, at)
+            for q in self.queries
+        }
         for q in self.queries:
             if any(not math.isnan(v) for _, v in results[(q.panel, q.ref)]):
                 self.had_data.add((q.panel, q.ref))
@@ -432,11 +458,8 @@ class Checker:
             assert rows == [], rows  # CPU: PyTorch allocates no CUDA memory
         [(q, rows)] = self.by_query(results, "Running steps")
         [(labels, _)] = rows
-        assert (labels["backbone"], labels["world_size"], labels["task"]) == (
-            "tiny",
-            "1",
-            "toy:4-1",
-        )
+        described = (labels["backbone"], labels["world_size"], labels["task"])
+        assert described == ("tiny", str(live.processes), "toy:4-1"), labels
         self.seen(phase, q, f"1 row: {labels['run_id']} step {labels['ciss_step']}",
                   f"1 row: {live.run_id} step {live.index}")  # fmt: skip
         return n
@@ -448,14 +471,14 @@ class Checker:
     def check_finished(self, results, live: Step | None, running: bool, phase: str) -> None:
         """Results panels: exactly the finished steps that are not running, each as it wrote.
 
-        `live`: the step whose process runs; its results are hidden while its series are
-        live (`running`), and may show once they ended, before the process has exited.
+        `live`: the step whose process runs. Its results show once it evaluated where a
+        panel does not hide running steps (`unless ... dkd_info`), and everywhere once its
+        live series ended, before the process has exited.
         """
         expected_steps = {s.key for s in self.finished}
         finished = [*self.finished]
         optional = set()
-        ended = live is not None and live.run_id is not None and not running
-        if ended and Path(live.where.checkpoint, "meta.json").is_file():
+        if live is not None and live.run_id is not None:
             finished.append(live)
             optional.add(live.key)
         miou_keys = {"old": "miou_old", "new": "miou_new", "all": "miou_all", "hiou": "hiou"}
@@ -464,10 +487,13 @@ class Checker:
                       "Finished steps"):  # fmt: skip
             for q, rows in self.by_query(results, panel):
                 keys = {(labels["run_id"], labels["ciss_step"]) for labels, _ in rows}
-                assert expected_steps <= keys <= expected_steps | optional, (
-                    panel, q.ref, keys, expected_steps)  # fmt: skip
+                hidden = running and "unless" in q.expr  # the live step's results are hidden
+                allowed = expected_steps | (set() if hidden else optional)
+                assert expected_steps <= keys <= allowed, (panel, q.ref, keys, expected_steps)
                 for labels, seen in rows:
                     step = truth[(labels["run_id"], labels["ciss_step"])]
+                    if not Path(step.where.checkpoint, "meta.json").is_file():
+                        continue  # evaluated, results not all written yet: check next time
                     results_json = step.test_results()
                     if "dkd_final_iterations" in q.expr:
                         expected, what = step.planned, "iterations planned"
@@ -511,13 +537,18 @@ def train_and_check(monitoring: Monitoring, checker: Checker, step: Step) -> Non
     job_name = f"dkd-{RUN_NAME}-step-{step.index}-{step.output.name}"
     monitoring.scrape_pod(port, job_name)
     env = {k: v for k, v in os.environ.items() if k != "DKD_RUN_ID"}
-    env |= {"PUSHGATEWAY_URL": monitoring.pushgateway_url, "POD_NAMESPACE": NAMESPACE,
-            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+    env = {k: v for k, v in env.items() if k != "PUSHGATEWAY_URL"}
+    env |= {"POD_NAMESPACE": NAMESPACE, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            **({"PUSHGATEWAY_URL": monitoring.pushgateway_url} if step.push else {}),
             **({"DKD_RUN_ID": step.run_id} if step.run_id else {})}  # fmt: skip
     log_path = step.output.parent / f"{step.output.name}-step{step.index}.log"
     with open(log_path, "w") as log:
+        launcher = [sys.executable]
+        if step.processes > 1:
+            launcher += ["-m", "torch.distributed.run", "--standalone",
+                         f"--nproc_per_node={step.processes}"]  # fmt: skip
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dkd_core", "train", "--config", str(CONFIGS / "toy.yaml"),
+            [*launcher, "-m", "dkd_core", "train", "--config", str(CONFIGS / "toy.yaml"),
              "--step", str(step.index), *step.overrides(port)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -555,9 +586,14 @@ def test_every_dashboard_query_matches_the_training_across_steps_and_a_rerun(
     monitoring, toy_root, tmp_path
 ):
     checker = Checker(monitoring)
-    first = [Step(f"first run, step {i}", toy_root, tmp_path / "first", i, None) for i in (0, 1)]
-    # Run again with another seed, as a new pipeline run would: other losses, another mIoU.
-    rerun = Step("re-run, step 0", toy_root, tmp_path / "second", 0, RERUN_ID, seed=2)
+    # Step 1 runs as two processes: the loss shown must be their average, as in the train log.
+    first = [
+        Step(f"first run, step {i}", toy_root, tmp_path / "first", i, None, processes=i + 1)
+        for i in (0, 1)
+    ]
+    # Run again with another seed, as a new pipeline run would: other losses, another mIoU;
+    # without a Pushgateway, so its results must come from its last scrape.
+    rerun = Step("re-run, step 0", toy_root, tmp_path / "second", 0, RERUN_ID, seed=2, push=False)
     for step in (*first, rerun):
         train_and_check(monitoring, checker, step)
     # The steps of one run share the id the first generated (recorded in its checkpoint).
