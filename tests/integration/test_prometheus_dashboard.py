@@ -7,11 +7,12 @@ every second with the labels the PodMonitor gives a PyTorchJob master pod, and
 the Pushgateway with honor_labels, as its documentation asks. While each step
 runs and after it ends, every panel query of k8s/monitoring/dashboard.json
 (Grafana's template variables substituted) must parse, return data where the
-hardware allows (GPU panels: parse only, there is no GPU here), and equal what
+hardware allows (rank 0's CUDA memory: parse only, there is no GPU), and equal what
 the training wrote: loss vs train_log.jsonl, learning rate vs the schedule,
 iteration vs progress and epoch, checkpoint sizes vs the files, mIoU vs
 eval/metrics.json, one row per running step and per finished step, no series of
-a step that is not running in the live panels.
+a step that is not running in the live panels. The DCGM panels read a stand-in
+dcgm-exporter scraped both ways (with and without honorLabels).
 
 Needs Debian's `prometheus` and `prometheus-pushgateway` (.ci/run installs them).
 """
@@ -113,6 +114,15 @@ class Monitoring:
                     "job_name": "dkd-training",
                     "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
                 },
+                *(  # dcgm-exporter scraped as a ServiceMonitor does, without and with honorLabels
+                    {
+                        "job_name": f"dcgm-honor-{honor}".lower(),
+                        "honor_labels": honor,
+                        "file_sd_configs": [{"files": [str(root / f"dcgm-{honor}.json")],
+                                             "refresh_interval": "1s"}],
+                    }
+                    for honor in (False, True)
+                ),
             ],
         }  # fmt: skip
         (root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -132,11 +142,12 @@ class Monitoring:
         wait_ready(f"{self.url}/-/ready", self.prometheus, "prometheus")
         self.started = time.time()
 
-    def write_targets(self, targets: list[dict]) -> None:
+    def write_targets(self, targets: list[dict], file: Path | None = None) -> None:
         """Replace the file_sd targets atomically (as pods come and go)."""
-        partial = self.targets_file.with_suffix(".tmp")
+        file = file or self.targets_file
+        partial = file.with_suffix(".tmp")
         partial.write_text(json.dumps(targets))
-        partial.replace(self.targets_file)
+        partial.replace(file)
 
     def scrape_pod(self, port: int, job_name: str) -> None:
         """Scrape 127.0.0.1:port with the labels the PodMonitor gives a PyTorchJob master pod."""
@@ -632,3 +643,63 @@ def test_a_step_that_starts_again_deletes_its_pushed_group(monitoring):
     again = TrainingMetrics("restart-test", "kfp-run-9", "toy:4-1", 1)
     assert again.delete_pushed(monitoring.pushgateway_url)
     assert [g["run_id"] for g in groups()] == ["kfp-run-8"]  # another run's results stay
+
+
+@NEEDS_BINARIES
+def test_gpu_panels_read_dcgm_exporter_labels_with_and_without_honor_labels(monitoring):
+    """dcgm-exporter names the pod using each GPU in its own pod/namespace labels; scraped
+    without honorLabels (the default) Prometheus keeps them as exported_pod/exported_namespace."""
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    labels = ("gpu", "UUID", "modelName", "Hostname", "container", "namespace", "pod")
+    servers, expected = [], {}
+    for honor, gpu, pod, used in ((False, "0", "dkd-a-step-1-master-0", 1000.0),
+                                  (True, "1", "dkd-b-step-1-worker-0", 2000.0)):  # fmt: skip
+        registry = CollectorRegistry()
+        used_by = (f"GPU-{gpu}", "H200", "gpu-node-1", "pytorch", "gpu-team", pod)
+        idle = ("GPU-7", "H200", "gpu-node-1", "", "", "")  # a GPU no pod uses: not shown
+        for name, value in (("DCGM_FI_DEV_FB_USED", used), ("DCGM_FI_DEV_GPU_UTIL", used / 20)):
+            gauge = Gauge(name, name, labels, registry=registry)
+            gauge.labels(gpu, *used_by).set(value)
+            gauge.labels("7", *idle).set(1.0)
+        server, thread = start_http_server(0, "127.0.0.1", registry=registry)
+        servers.append((server, thread))
+        target = {"namespace": "gpu-operator", "pod": "nvidia-dcgm-exporter-x",
+                  "container": "nvidia-dcgm-exporter", "service": "nvidia-dcgm-exporter",
+                  "endpoint": "gpu-metrics", "job": "nvidia-dcgm-exporter"}  # fmt: skip
+        monitoring.write_targets(
+            [{"targets": [f"127.0.0.1:{server.server_port}"], "labels": target}],
+            monitoring.root / f"dcgm-{honor}.json",
+        )
+        expected[("gpu-team", pod, gpu)] = used
+    values = {**VARIABLES, "namespace": "gpu-team", "run": ALL, "run_id": ALL, "task": ALL,
+              "ciss_step": ALL}  # fmt: skip
+    board = json.loads(DASHBOARD.read_text())
+    panels = {p["title"]: p for p in board["panels"]}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            at = time.time() - 0.5
+            seen = {
+                title: {
+                    (m["namespace"], m["pod"], m["gpu"]): v
+                    for m, v in monitoring.query(substitute(t["expr"], values), at)
+                }
+                for title in GPU_PANELS[1:]
+                for t in panels[title]["targets"]
+            }
+            want = {
+                "GPU framebuffer used (DCGM)": expected,
+                "GPU utilisation (DCGM)": {k: v / 20 for k, v in expected.items()},
+            }
+            if seen == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert seen == want  # both label layouts, each GPU once, under the training pod's name
+    finally:
+        for honor in (False, True):
+            monitoring.write_targets([], monitoring.root / f"dcgm-{honor}.json")
+        for server, thread in servers:
+            server.shutdown()
+            server.server_close()
+            thread.join()
