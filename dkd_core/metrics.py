@@ -55,14 +55,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Self
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Self
 
 from prometheus_client import (
     CollectorRegistry,
@@ -71,12 +69,11 @@ from prometheus_client import (
     Histogram,
     Info,
     delete_from_gateway,
-    make_wsgi_app,
     push_to_gateway,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 
 from dkd_core.errors import DKDError
+from dkd_core.metrics_http import SCRAPE_WAIT_MAX_SECONDS, ScrapeServer
 
 log = logging.getLogger("dkd_core.metrics")
 
@@ -135,11 +132,6 @@ DATA_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                       120.0, 300.0)  # fmt: skip
 
-# wait_for_scrape: how long to wait for Prometheus' next scrape, in scrape intervals.
-SCRAPE_WAIT_INTERVALS = 2.5
-SCRAPE_WAIT_MIN_SECONDS = 1.0
-SCRAPE_WAIT_MAX_SECONDS = 120.0
-
 
 def metrics_port() -> int:
     """The port to serve metrics on: `$DKD_METRICS_PORT`, else 9400."""
@@ -174,11 +166,6 @@ def _check_known(kind: str, names: Iterable[str], allowed: frozenset[str]) -> No
         raise ValueError(f"unknown {kind} {unknown}; expected some of {sorted(allowed)}")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
-        pass
-
-
 class TrainingMetrics:
     """The Prometheus metrics of one CISS training step.
 
@@ -202,12 +189,9 @@ class TrainingMetrics:
         self._const = (run, run_id, task, str(ciss_step))
         self._planned = 0
         self._losses: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._scraped = threading.Condition(self._lock)
-        self._scrape_times: list[float] = []
+        self._lock = threading.Lock()  # observations and scrapes: one consistent snapshot
+        self._http = ScrapeServer(self.registry, self._lock)
         self._final_set_at: float | None = None
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
         if not enabled:
             return
         live = self.registry
@@ -309,33 +293,9 @@ class TrainingMetrics:
         """
         if not self.enabled:
             return 0
-        if self._server is not None:
-            raise RuntimeError(f"metrics already served on port {self._server.server_port}")
-
-        class Server(ThreadingWSGIServer):
-            address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-        self._server = make_server(
-            addr, port, self._app(make_wsgi_app(self.registry)), Server, _QuietHandler
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        bound = self._server.server_port
+        bound = self._http.start(port, addr)
         log.info("serving training metrics on %s:%d/metrics", addr, bound)
         return bound
-
-    def _app(self, metrics_app: Callable) -> Callable:
-        """`metrics_app` under the lock, noting when each scrape happened."""
-
-        def app(environ: dict, start_response: Callable) -> Any:
-            with self._lock:
-                body = metrics_app(environ, start_response)
-                if environ.get("REQUEST_METHOD") == "GET":
-                    self._scrape_times = [*self._scrape_times[-9:], time.monotonic()]
-                    self._scraped.notify_all()
-            return body
-
-        return app
 
     def wait_for_scrape(self, max_seconds: float = SCRAPE_WAIT_MAX_SECONDS) -> bool:
         """Wait until /metrics was read after `finish()`; True once read.
@@ -344,35 +304,13 @@ class TrainingMetrics:
         watching) or nothing was finished; else waits up to 2.5 of the observed
         scrape intervals (at least 1 s, at most `max_seconds`).
         """
-        if not self.enabled or self._server is None:
+        if not self.enabled or self._final_set_at is None:
             return False
-        with self._lock:
-            if self._final_set_at is None or not self._scrape_times:
-                return False
-            times = self._scrape_times
-            interval = times[-1] - times[-2] if len(times) > 1 else max_seconds
-            waited = min(
-                max_seconds, max(SCRAPE_WAIT_MIN_SECONDS, SCRAPE_WAIT_INTERVALS * interval)
-            )
-            deadline = time.monotonic() + waited
-            final_at = self._final_set_at
-            while self._scrape_times[-1] <= final_at:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("the final metrics were not scraped within %.0f s", waited)
-                    return False
-                self._scraped.wait(left)
-            return True
+        return self._http.wait_for_scrape_after(self._final_set_at, max_seconds)
 
     def close(self) -> None:
         """Stop the HTTP server, if started, and free its port. Safe to call twice."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        self._http.close()
 
     def __enter__(self) -> Self:
         return self

@@ -115,3 +115,21 @@ def test_wait_for_scrape_holds_until_the_final_figures_were_read():
         assert any(name == "dkd_final_iterations" and v == 5 for (name, _), v in values.items())
     finally:
         m.close()
+
+
+def test_serves_on_an_ipv6_address_too():
+    if not socket.has_ipv6:
+        pytest.skip("this machine has no IPv6")
+    m = TrainingMetrics("http-run", "kfp-7", "voc:15-5s", 1)
+    try:
+        port = m.serve(0, "::1")
+    except OSError as e:
+        m.close()
+        pytest.skip(f"cannot bind ::1 here ({e})")
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as response:
+            assert b"dkd_samples_total" in response.read()
+        with pytest.raises(RuntimeError, match="already served"):
+            m.serve(0, "::1")
+    finally:
+        m.close()
