@@ -109,6 +109,7 @@ class TrainConfig:
     metrics_port: int | None = (
         None  # rank 0 serves /metrics here; None: $DKD_METRICS_PORT or 9400; -1: off
     )
+    metrics_address: str = "0.0.0.0"  # where /metrics listens: all interfaces; "::" for IPv6
     max_iterations: int | None = (
         None  # stop early (smoke tests); the schedule still spans all epochs
     )
@@ -315,7 +316,8 @@ def config_from_dict(
 # - data.eval_batch_size: evaluation runs in eval mode, images do not interact
 # - train.checkpoint_every, train.keep_checkpoints: a resumed run ends with the same
 #   weights as an uninterrupted one
-# - train.log_every, train.progress, train.metrics_port: logging and monitoring only
+# - train.log_every, train.progress, train.metrics_port, train.metrics_address: logging
+#   and monitoring only
 RESULT_NEUTRAL_KEYS = frozenset(
     {
         "run.name",
@@ -329,6 +331,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "train.log_every",
         "train.progress",
         "train.metrics_port",
+        "train.metrics_address",
     }
 )
 

@@ -38,11 +38,18 @@ from dkd_core.evaluate import SegmentationMetrics, SegmentationReport
 from dkd_core.lease import StepLease
 from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
-from dkd_core.metrics import TrainingMetrics, metrics_port
+from dkd_core.metrics import TrainingMetrics, metrics_port, resolve_run_id
 from dkd_core.model import DeepLabV3, predict_from_logits
 from dkd_core.resume import StepProgress, TrainingInterrupted, plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
-from dkd_core.storage import is_remote, join, local_path, open_store
+from dkd_core.storage import (
+    checkpoint_complete,
+    is_remote,
+    join,
+    latest_checkpoint,
+    local_path,
+    open_store,
+)
 from dkd_core.tasks import Task, TaskStep
 
 log = logging.getLogger("dkd_core.train")
@@ -161,19 +168,35 @@ def evaluate_model(
 # -- the step ----------------------------------------------------------------------------
 
 
-def start_metrics(config: Config, task: Task, step: TaskStep, info) -> TrainingMetrics:
+def start_metrics(
+    config: Config, task: Task, step: TaskStep, info, where: StepLocations, teacher_uri
+) -> TrainingMetrics:
     """Prometheus metrics of this step: served by rank 0, no-ops elsewhere (`metrics`)."""
+    recorded = _recorded_run_id(where, teacher_uri) if info.is_main else None
     metrics = TrainingMetrics(
-        config.run.name, f"{task.dataset}:{task.name}", step.index, enabled=info.is_main
-    )
+        config.run.name, resolve_run_id(recorded), f"{task.dataset}:{task.name}", step.index,
+        enabled=info.is_main,
+    )  # fmt: skip
     port = metrics_port() if config.train.metrics_port is None else config.train.metrics_port
     if info.is_main and port >= 0:
         try:
-            metrics.serve(port)
+            metrics.serve(port, config.train.metrics_address)
         except OSError as e:  # monitoring never stops training
             log.warning("cannot serve metrics on port %d (%s); training goes on without", port, e)
     metrics.set_info(backbone=config.model.backbone, world_size=info.world_size)
     return metrics
+
+
+def _recorded_run_id(where: StepLocations, teacher_uri: str | None) -> str | None:
+    """The run id in this step's checkpoint, the one it resumes from or its teacher's.
+
+    So the steps of one run, and a resumed step, keep one identity when no
+    `$DKD_RUN_ID` is given.
+    """
+    for uri in (where.checkpoint, latest_checkpoint(where.periodic), teacher_uri):
+        if uri is not None and checkpoint_complete(uri):
+            return open_store(uri).read_json(join(uri, "meta.json")).get("run_id")
+    return None
 
 
 def train_step(
@@ -199,7 +222,6 @@ def train_step(
     try:
         task = task_of(config)
         step = task.step(step_index)
-        metrics = start_metrics(config, task, step, info)
         where = StepLocations.of_run(config.run.output, step.index)
         where = StepLocations(checkpoint_out or where.checkpoint, manifest or where.manifest)
         if teacher is None and step.index > 0:
@@ -207,6 +229,7 @@ def train_step(
         if info.is_main:
             lease = StepLease(where.folder, f"step {step.index} ({where.folder})")
         distributed.on_main(info, lambda: lease.acquire())
+        metrics = start_metrics(config, task, step, info, where, teacher)
         return _train_step(config, task, step, info, where, teacher, metrics, restart)
     except KeyboardInterrupt as e:
         raise TrainingInterrupted(_progress.describe(step_index)) from e
@@ -294,11 +317,13 @@ def _train_step(
 
     stop = min(max_iterations, config.train.max_iterations or max_iterations)
     _progress.iteration, _progress.stop = start, stop
+    metrics.delete_pushed()  # what an earlier attempt of this step left in the Pushgateway
     metrics.set_plan(stop)
     use_amp = config.train.amp and info.device.type == "cuda"
     base_meta = {
         "task": {"dataset": task.dataset, "name": task.name, "setting": task.setting},
         "step": step.index,
+        "run_id": metrics.run_id,
         "channel_to_label": list(step.channel_to_label),
         "config": config_to_dict(config),
         "teacher": teacher_identity(teacher_uri),  # None at step 0
@@ -315,7 +340,8 @@ def _train_step(
         train_set.set_epoch(epoch)
         tick = time.perf_counter()
         for batch in loader:
-            data_wait = time.perf_counter() - tick
+            started = time.perf_counter()
+            data_wait = started - tick
             images = normalize(batch["image"].to(info.device, non_blocking=True))
             labels = batch["label"].to(info.device, non_blocking=True).long()
             if config.train.channels_last and info.device.type == "cuda":
@@ -335,23 +361,23 @@ def _train_step(
             iteration += 1
             _progress.iteration = iteration
             progress.update(1)
+            averaged = None
             if iteration % config.train.log_every == 0:
-                _log_iteration(train_log, iteration, terms, scheduler, progress, info)
+                averaged = _log_iteration(train_log, iteration, terms, scheduler, progress, info)
                 metrics.observe_gpu_memory()
-            if metrics.enabled:
-                metrics.observe_iteration(
-                    iteration=iteration, epoch=epoch, seconds=time.perf_counter() - tick,
-                    samples=config.data.batch_size, data_wait_seconds=data_wait,
-                    losses={k: v.item() for k, v in terms.items()},
-                    learning_rates={g["name"]: g["lr"] for g in optimizer.param_groups},
-                )  # fmt: skip
-            tick = time.perf_counter()
+            metrics.observe_iteration(
+                iteration=iteration, epoch=epoch, samples=config.data.batch_size,
+                learning_rates={g["name"]: g["lr"] for g in optimizer.param_groups},
+                data_wait_seconds=data_wait, compute_seconds=time.perf_counter() - started,
+                losses=averaged,
+            )  # fmt: skip
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
                 _progress.checkpoint = _save_periodic(
                     where, model, optimizer, scheduler, iteration, base_meta, info, metrics
                 )
                 train_log.publish()
+            tick = time.perf_counter()  # after the save: the next data wait is the loader's alone
             if iteration >= stop:
                 break
     progress.close()
@@ -371,6 +397,7 @@ def _train_step(
         )  # fmt: skip
         _progress.final = where.checkpoint
         metrics.observe_checkpoint(time.perf_counter() - started, size)
+        metrics.finish(iterations=iteration, checkpoint_bytes=size)
         metrics.push()  # the pod goes away: leave the final figures in the Pushgateway
         open_store(where.metrics).write_json(where.metrics, results)
         open_store(where.periodic).delete_prefix(where.periodic)
@@ -379,6 +406,7 @@ def _train_step(
             step.index, where.checkpoint, report.format_table(data.channel_names),
         )  # fmt: skip
     distributed.barrier()
+    metrics.wait_for_scrape()  # Prometheus reads the final figures before the pod goes
     return where.checkpoint
 
 
@@ -443,8 +471,10 @@ def _logged_iteration(line: str) -> int | None:
     return iteration if isinstance(iteration, int) else None
 
 
-def _log_iteration(train_log: TrainLog, iteration, terms, scheduler, progress, info) -> None:
-    """Loss terms averaged over all processes, to the progress bar and the train log."""
+def _log_iteration(
+    train_log: TrainLog, iteration, terms, scheduler, progress, info
+) -> dict[str, float]:
+    """Loss terms averaged over all processes, to the progress bar and the train log; returned."""
     names = list(terms)
     values = distributed.all_reduce_mean(torch.stack([terms[k].detach().float() for k in names]))
     record = {"iteration": iteration, "lr": scheduler.get_last_lr()[0]}
@@ -452,6 +482,7 @@ def _log_iteration(train_log: TrainLog, iteration, terms, scheduler, progress, i
     if info.is_main:
         progress.set_postfix({k: f"{record[k]:.4f}" for k in names}, refresh=False)
         train_log.append(record)
+    return {k: record[k] for k in names}
 
 
 def _check_replicas_agree(model: torch.nn.Module, info) -> None:

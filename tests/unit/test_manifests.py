@@ -782,8 +782,8 @@ def test_dashboard_queries_only_exported_metrics() -> None:
     for variable in dashboard()["templating"]["list"]:
         if variable["type"] == "query":
             query = variable["query"]["query"]
-            match = re.fullmatch(r"label_values\((\w+)(\{.*\})?,\s*(\w+)\)", query)
-            assert match and allowed_metric(match.group(1)), query
+            match = re.fullmatch(r'label_values\(\{__name__=~"([\w|]+)"[^{}]*\},\s*(\w+)\)', query)
+            assert match and all(allowed_metric(n) for n in match.group(1).split("|")), query
     from dkd_core.metrics import METRIC_NAMES
 
     shown = {n for n in METRIC_NAMES if any(u.startswith(n) for u in used)}
@@ -794,28 +794,36 @@ def test_dashboard_has_the_promised_panels() -> None:
     board = dashboard()
     assert board["uid"] == "dkd-training"
     variables = {v["name"] for v in board["templating"]["list"]}
-    assert {"datasource", "run", "task"} <= variables
+    assert {"datasource", "namespace", "run", "run_id", "task", "ciss_step"} <= variables
     exprs = "\n".join(e for _, e in dashboard_exprs())
     for needle in (
-        "by (run, ciss_step, term) (dkd_loss",
-        "dkd_samples_per_second",
-        "histogram_quantile(0.5, sum by (le, run, ciss_step) (rate(dkd_step_duration_seconds_bucket",
-        "histogram_quantile(0.99",
-        "by (run, ciss_step, group) (dkd_learning_rate",
+        "by (namespace, run, run_id, ciss_step, term) (dkd_loss",
+        "rate(dkd_samples_total",
+        "histogram_quantile(0.99, sum by (le, namespace, run, run_id, ciss_step) "
+        "(rate(dkd_iteration_duration_seconds_bucket",
+        "by (namespace, run, run_id, ciss_step, group) (dkd_learning_rate",
         "dkd_checkpoint_save_seconds_bucket",
-        "dkd_checkpoint_bytes",
         "dkd_dataloader_wait_seconds_bucket",
-        "dkd_gpu_memory_allocated_bytes",
-        "dkd_gpu_memory_peak_bytes",
-        "max by (ciss_step, group) (max_over_time(dkd_eval_miou",
-        "dkd_progress_ratio",
-        "DCGM_FI_DEV_GPU_UTIL",
-        "DCGM_FI_DEV_FB_USED",
+        "dkd_compute_seconds_bucket",
+        "last_over_time(dkd_eval_miou_ratio",
+        "DCGM_FI_DEV_GPU_UTIL{exported_namespace=",
+        'DCGM_FI_DEV_FB_USED{exported_pod="", namespace=',
     ):
         assert needle in exprs, needle
+    units = {
+        p["title"]: p.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        for p in board["panels"]
+    }
+    assert units["GPU framebuffer used (DCGM)"] == "mbytes"  # DCGM_FI_DEV_FB_USED is in MiB
+    assert units["Test mIoU after each CISS step"] == "percentunit"  # 0-1 ratios
+    selectors = ('namespace=~"$namespace"', 'run=~"$run"', 'run_id=~"$run_id"')
     for panel in board["panels"]:
         for target in panel.get("targets", []):
-            assert "$run" in target["expr"] or "DCGM_FI_" in target["expr"], panel["title"]
+            expr = target["expr"]
+            if "DCGM_FI_" in expr:  # GPUs are selected by pod: namespace and $gpu_pods
+                assert 'namespace=~"$namespace"' in expr and "$gpu_pods" in expr, panel["title"]
+            else:
+                assert all(s in expr for s in selectors), panel["title"]
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
 

@@ -1,4 +1,4 @@
-"""Prometheus training metrics: names, values, labels, bounded labels, no-op mode, push."""
+"""Prometheus training metrics: names, values, labels, bounded labels, no-op mode, push, run id."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from dkd_core.errors import DKDError
 from dkd_core.metrics import (
     CONST_LABELS,
     DEFAULT_PORT,
+    FINAL_METRIC_NAMES,
     LOSS_TERMS,
     LR_GROUPS,
     METRIC_NAMES,
     TrainingMetrics,
     metrics_port,
+    resolve_run_id,
 )
 
-RUN_LABELS = {"run": "r1", "task": "voc:15-1", "ciss_step": "2"}
+RUN_LABELS = {"run": "r1", "run_id": "kfp-1", "task": "voc:15-1", "ciss_step": "2"}
 LOSSES = {"mbce": 0.5, "kd": 0.25, "dkd_pos": 0.125, "dkd_neg": 0.0625, "ac": 0.01, "total": 1.0}
 LRS = {"backbone": 0.001, "aspp": 0.01, "old_classifiers": 0.01, "new_classifier": 0.01}
 CUDA_ONLY = {"dkd_gpu_memory_allocated_bytes", "dkd_gpu_memory_peak_bytes"}
@@ -55,21 +58,31 @@ def base_name(sample_name: str) -> str:
     return name
 
 
+def observe_iteration(m: TrainingMetrics, iteration: int = 50, **changes) -> None:
+    kwargs = dict(
+        iteration=iteration, epoch=1, samples=24, learning_rates=LRS,
+        data_wait_seconds=0.125, compute_seconds=0.375,
+    )  # fmt: skip
+    m.observe_iteration(**{**kwargs, **changes})
+
+
 def observe_everything(m: TrainingMetrics) -> None:
     m.set_info(backbone="resnet101", world_size=2)
     m.set_plan(200)
-    m.observe_iteration(
-        iteration=50, epoch=1, seconds=0.5, samples=24, losses=LOSSES,
-        learning_rates=LRS, data_wait_seconds=0.02,
-    )  # fmt: skip
+    observe_iteration(m, losses=LOSSES)
     m.observe_checkpoint(1.5, 123_456)
     m.observe_gpu_memory()
     m.observe_evaluation(70.0, 40.0, 62.5, 50.9, 91.25)
+    m.finish(iterations=200, checkpoint_bytes=654_321)
+
+
+def new(run: str = "r1", step: int = 2, **kwargs) -> TrainingMetrics:
+    return TrainingMetrics(run, "kfp-1", "voc:15-1", step, **kwargs)
 
 
 @pytest.fixture
 def metrics() -> TrainingMetrics:
-    m = TrainingMetrics("r1", "voc:15-1", 2)
+    m = new()
     observe_everything(m)
     return m
 
@@ -90,46 +103,88 @@ def test_every_metric_name_is_exposed_with_the_run_labels(metrics):
 
 
 def test_iteration_values(metrics):
-    assert value(metrics, "dkd_samples_per_second") == pytest.approx(48.0)
+    assert value(metrics, "dkd_samples_total") == 24
+    observe_iteration(metrics, 51)
+    assert value(metrics, "dkd_samples_total") == 48  # a counter: PromQL's rate() gives samples/s
     for term, loss in LOSSES.items():
         assert value(metrics, "dkd_loss", term=term) == loss
     for group, lr in LRS.items():
         assert value(metrics, "dkd_learning_rate", group=group) == lr
     assert value(metrics, "dkd_epoch") == 1
-    assert value(metrics, "dkd_iteration") == 50
-    assert value(metrics, "dkd_iterations_total_planned") == 200
-    assert value(metrics, "dkd_progress_ratio") == pytest.approx(0.25)
-    assert value(metrics, "dkd_step_duration_seconds_count") == 1
-    assert value(metrics, "dkd_step_duration_seconds_sum") == 0.5
-    assert value(metrics, "dkd_step_duration_seconds_bucket", le="0.5") == 1
-    assert value(metrics, "dkd_step_duration_seconds_bucket", le="0.25") == 0
-    assert value(metrics, "dkd_dataloader_wait_seconds_sum") == pytest.approx(0.02)
+    assert value(metrics, "dkd_iteration") == 51
+    assert value(metrics, "dkd_iterations_planned") == 200
+    assert value(metrics, "dkd_progress_ratio") == pytest.approx(51 / 200)
+    # Each phase in its own histogram; the iteration is data wait + compute.
+    assert value(metrics, "dkd_iteration_duration_seconds_count") == 2
+    assert value(metrics, "dkd_iteration_duration_seconds_sum") == 1.0
+    assert value(metrics, "dkd_iteration_duration_seconds_bucket", le="0.5") == 2
+    assert value(metrics, "dkd_iteration_duration_seconds_bucket", le="0.25") == 0
+    assert value(metrics, "dkd_dataloader_wait_seconds_sum") == 0.25
+    assert value(metrics, "dkd_compute_seconds_sum") == 0.75
+    assert value(metrics, "dkd_compute_seconds_bucket", le="0.25") == 0
 
 
-def test_checkpoint_evaluation_and_info_values(metrics):
+def test_losses_change_only_when_observed(metrics):
+    observe_iteration(metrics, 51)
+    assert value(metrics, "dkd_loss", term="total") == 1.0
+    observe_iteration(metrics, 52, losses={"mbce": 0.25, "total": 0.5})
+    assert value(metrics, "dkd_loss", term="total") == 0.5
+    with pytest.raises(ValueError, match="loss term"):
+        observe_iteration(metrics, 53, losses={"total": 1.0, "image_42": 0.1})
+    assert value(metrics, "dkd_loss", term="total") == 0.5
+    assert value(metrics, "dkd_iteration") == 52  # nothing of the rejected call was recorded
+
+
+def test_checkpoint_buckets_resolve_fast_saves():
+    m = new()
+    m.observe_checkpoint(0.02, 10)
+    assert value(m, "dkd_checkpoint_save_seconds_bucket", le="0.025") == 1
+    assert value(m, "dkd_checkpoint_save_seconds_bucket", le="0.01") == 0
+
+
+def test_no_gauge_is_named_like_a_counter(metrics):
+    text = generate_latest(metrics.registry).decode()
+    for family in text_string_to_metric_families(text):
+        if family.type == "gauge":
+            assert not family.name.endswith("_total"), family.name
+
+
+def test_checkpoint_evaluation_final_and_info_values(metrics):
     assert value(metrics, "dkd_checkpoint_save_seconds_sum") == 1.5
     assert value(metrics, "dkd_checkpoint_bytes") == 123_456
     assert value(metrics, "dkd_checkpoints_saved_total") == 1
     metrics.observe_checkpoint(0.5, 1000)
     assert value(metrics, "dkd_checkpoints_saved_total") == 2
     assert value(metrics, "dkd_checkpoint_bytes") == 1000
-    expected = {"old": 70.0, "new": 40.0, "all": 62.5, "hiou": 50.9}
+    expected = {"old": 0.70, "new": 0.40, "all": 0.625, "hiou": 0.509}  # ratios, not percent
     for group, miou in expected.items():
-        assert value(metrics, "dkd_eval_miou", group=group) == miou
-    assert value(metrics, "dkd_eval_pixel_accuracy") == 91.25
+        assert value(metrics, "dkd_eval_miou_ratio", group=group) == pytest.approx(miou)
+    assert value(metrics, "dkd_eval_pixel_accuracy_ratio") == 0.9125
     assert value(metrics, "dkd_info", backbone="resnet101", world_size="2") == 1
+    assert value(metrics, "dkd_final_iterations") == 200
+    assert value(metrics, "dkd_final_checkpoint_bytes") == 654_321
+    for term, loss in LOSSES.items():
+        assert value(metrics, "dkd_final_loss", term=term) == loss
+
+
+def test_the_final_registry_holds_the_final_figures_only(metrics):
+    text = generate_latest(metrics.final_registry).decode()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert names == set(FINAL_METRIC_NAMES)
+    assert set(FINAL_METRIC_NAMES) < set(METRIC_NAMES)
 
 
 def test_histograms_and_counter_start_at_zero_and_optional_series_start_unset():
-    m = TrainingMetrics("r1", "voc:15-1", 2)
-    assert value(m, "dkd_step_duration_seconds_count") == 0
+    m = new()
+    assert value(m, "dkd_iteration_duration_seconds_count") == 0
+    assert value(m, "dkd_samples_total") == 0
     assert value(m, "dkd_checkpoints_saved_total") == 0
     names = {s.name for s in samples(m)}
-    assert not names & {"dkd_loss", "dkd_learning_rate", "dkd_eval_miou", "dkd_progress_ratio"}
+    assert not names & {"dkd_loss", "dkd_learning_rate", "dkd_progress_ratio", *FINAL_METRIC_NAMES}
 
 
 def test_gpu_memory_is_unset_on_cpu_and_set_under_cuda(monkeypatch):
-    m = TrainingMetrics("r1", "voc:15-1", 2)
+    m = new()
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     m.observe_gpu_memory()  # CPU run (or CUDA never initialised): declared, no sample
     assert not CUDA_ONLY & {s.name for s in samples(m)}
@@ -143,37 +198,24 @@ def test_gpu_memory_is_unset_on_cpu_and_set_under_cuda(monkeypatch):
 
 
 def test_step_zero_evaluation_leaves_new_and_hiou_unset():
-    m = TrainingMetrics("r1", "voc:15-1", 0)
+    m = new(step=0)
     m.observe_evaluation(75.0, None, 75.0, None, 93.0)
-    groups = {s.labels["group"] for s in samples(m) if s.name == "dkd_eval_miou"}
+    groups = {s.labels["group"] for s in samples(m) if s.name == "dkd_eval_miou_ratio"}
     assert groups == {"old", "all"}
 
 
 def test_progress_is_unset_without_a_plan():
-    m = TrainingMetrics("r1", "voc:15-1", 2)
-    m.observe_iteration(
-        iteration=3, epoch=0, seconds=0.1, samples=8, losses={"total": 1.0},
-        learning_rates={}, data_wait_seconds=0.0,
-    )  # fmt: skip
+    m = new()
+    observe_iteration(m, 3, learning_rates={})
     assert "dkd_progress_ratio" not in {s.name for s in samples(m)}
 
 
-@pytest.mark.parametrize(
-    ("losses", "lrs", "match"),
-    [
-        ({"total": 1.0, "image_42": 0.1}, {}, "loss term"),
-        ({"total": 1.0}, {"head": 0.1}, "learning-rate group"),
-    ],
-)
-def test_unknown_label_values_are_rejected_before_recording(losses, lrs, match):
-    m = TrainingMetrics("r1", "voc:15-1", 2)
-    with pytest.raises(ValueError, match=match):
-        m.observe_iteration(
-            iteration=1, epoch=0, seconds=0.1, samples=8, losses=losses,
-            learning_rates=lrs, data_wait_seconds=0.0,
-        )  # fmt: skip
-    assert value(m, "dkd_step_duration_seconds_count") == 0
-    assert "dkd_loss" not in {s.name for s in samples(m)}
+def test_unknown_learning_rate_groups_are_rejected_before_recording():
+    m = new()
+    with pytest.raises(ValueError, match="learning-rate group"):
+        observe_iteration(m, 1, learning_rates={"head": 0.1})
+    assert value(m, "dkd_iteration_duration_seconds_count") == 0
+    assert "dkd_learning_rate" not in {s.name for s in samples(m)}
 
 
 def test_label_sets_match_the_model_and_losses():
@@ -182,21 +224,21 @@ def test_label_sets_match_the_model_and_losses():
 
 
 def test_disabled_instance_is_a_no_op_and_exposes_nothing():
-    m = TrainingMetrics("r1", "voc:15-1", 2, enabled=False)
+    m = new(enabled=False)
     observe_everything(m)
-    m.observe_iteration(
-        iteration=1, epoch=0, seconds=0.1, samples=8, losses={"bogus": 1.0},
-        learning_rates={}, data_wait_seconds=0.0,
-    )  # fmt: skip
+    observe_iteration(m, losses={"bogus": 1.0})
     assert generate_latest(m.registry) == b""
-    assert m.serve(port=0) == 0
+    assert generate_latest(m.final_registry) == b""
+    assert m.serve(0, "127.0.0.1") == 0
     assert m.push("http://127.0.0.1:1") is False
+    assert m.delete_pushed("http://127.0.0.1:1") is False
+    assert m.wait_for_scrape() is False
     m.close()
 
 
 def test_two_instances_in_one_process_do_not_collide():
-    a = TrainingMetrics("run-a", "voc:15-1", 1)
-    b = TrainingMetrics("run-b", "voc:15-1", 1)
+    a = new("run-a", 1)
+    b = new("run-b", 1)
     a.observe_checkpoint(1.0, 10)
     b.observe_checkpoint(1.0, 20)
     b.observe_checkpoint(1.0, 30)
@@ -206,6 +248,18 @@ def test_two_instances_in_one_process_do_not_collide():
         by_name = {s.name: s.value for s in mine}
         assert by_name["dkd_checkpoints_saved_total"] == saved
         assert by_name["dkd_checkpoint_bytes"] == nbytes
+
+
+def test_run_id_is_the_environment_s_else_the_recorded_one_else_new(monkeypatch):
+    monkeypatch.setenv("DKD_RUN_ID", "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b")
+    assert resolve_run_id("old") == "3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+    monkeypatch.delenv("DKD_RUN_ID")
+    assert resolve_run_id("old") == "old"
+    first, second = resolve_run_id(None), resolve_run_id(None)
+    assert first != second and len(first) == 12
+    monkeypatch.setenv("DKD_RUN_ID", "a/b")
+    with pytest.raises(DKDError, match=r"DKD_RUN_ID: expected 1 to 128 letters.*got 'a/b'"):
+        resolve_run_id(None)
 
 
 def test_metrics_port_reads_the_environment(monkeypatch):
@@ -230,7 +284,7 @@ class _Recorder(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
 
-    do_PUT = do_POST = _record
+    do_PUT = do_POST = do_DELETE = _record
 
     def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
         pass
@@ -248,20 +302,39 @@ def pushgateway() -> Iterator[HTTPServer]:
     thread.join()
 
 
-def test_push_sends_every_series_grouped_by_run_task_and_step(metrics, pushgateway):
-    url = f"http://127.0.0.1:{pushgateway.server_port}"
-    assert metrics.push(url, job="dkd") is True
-    [(method, path, body)] = pushgateway.requests
-    assert method == "PUT"
-    # /metrics/job/<job>/<label>/<value>/...; values are URL-quoted (they hold no "/").
+def grouping(path: str) -> dict[str, str]:
+    """The grouping key of a /metrics/job/dkd/<label>/<value>/... path (values URL-quoted)."""
     prefix, _, key = path.partition("/metrics/job/dkd/")
     assert prefix == ""
     parts = [unquote(part) for part in key.split("/")]
-    assert dict(zip(parts[::2], parts[1::2], strict=True)) == RUN_LABELS
+    return dict(zip(parts[::2], parts[1::2], strict=True))
+
+
+def test_push_replaces_the_step_group_with_the_final_figures_only(
+    metrics, pushgateway, monkeypatch
+):
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    url = f"http://127.0.0.1:{pushgateway.server_port}"
+    assert metrics.push(url) is True
+    [(method, path, body)] = pushgateway.requests
+    assert method == "PUT"  # PUT replaces every series of the group
+    assert grouping(path) == RUN_LABELS
     text = body.decode()
-    assert 'dkd_eval_miou{ciss_step="2",group="hiou",run="r1",task="voc:15-1"} 50.9' in text
-    pushed = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
-    assert {"dkd_eval_miou", "dkd_eval_pixel_accuracy", "dkd_loss"} <= pushed
+    assert (
+        'dkd_eval_miou_ratio{ciss_step="2",group="all",run="r1",run_id="kfp-1",task="voc:15-1"}'
+        " 0.625" in text
+    )
+    pushed = {f.name for f in text_string_to_metric_families(text)}
+    assert pushed == set(FINAL_METRIC_NAMES)  # no live gauge: a finished step never looks alive
+
+
+def test_delete_pushed_deletes_the_step_group_with_its_namespace(pushgateway, monkeypatch):
+    monkeypatch.setenv("POD_NAMESPACE", "team-a")
+    url = f"http://127.0.0.1:{pushgateway.server_port}"
+    assert new().delete_pushed(url) is True
+    [(method, path, _)] = pushgateway.requests
+    assert method == "DELETE"
+    assert grouping(path) == {"namespace": "team-a", **RUN_LABELS}
 
 
 def test_push_reads_the_url_from_the_environment(metrics, pushgateway, monkeypatch):
@@ -282,3 +355,13 @@ def test_push_to_a_closed_port_returns_false_and_warns(metrics, caplog):
     with caplog.at_level("WARNING", logger="dkd_core.metrics"):
         assert metrics.push(f"http://127.0.0.1:{port}", timeout=2) is False
     assert "could not push metrics" in caplog.text
+
+
+def test_wait_for_scrape_returns_at_once_when_nobody_scrapes():
+    m = new()
+    m.serve(0, "127.0.0.1")
+    try:
+        m.finish(iterations=1, checkpoint_bytes=1)
+        assert m.wait_for_scrape(max_seconds=60) is False  # never scraped: nobody is watching
+    finally:
+        m.close()
