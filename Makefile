@@ -55,7 +55,7 @@ compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIP
 	$(PY) -m pipelines compile $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
 		$(if $(LAUNCHER),--launcher $(LAUNCHER)) --output build/$(PIPELINE).yaml
 
-submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [PARAMS="k=v ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
+submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [PARAMS="KEY=VALUE ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
 	$(PY) -m pipelines submit $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
 		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(call given,DATA),--data $(DATA)) \
 		$(foreach p,$(PARAMS),--param '$(p)') $(if $(KFP_HOST),--host $(KFP_HOST)) \

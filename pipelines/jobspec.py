@@ -138,7 +138,7 @@ def _tolerations(value: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def _label_value(text: str) -> str:
+def label_value(text: str) -> str:
     """`text` cut to a valid label value (at most 63 characters, alphanumeric at both ends)."""
     cut = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63]
     return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cut)
@@ -149,7 +149,7 @@ def run_labels(env: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if env is None else env
     labels = {}
     for key, var in ((RUN_ID_LABEL, RUN_ID_ENV), (POD_NAME_LABEL, POD_NAME_ENV)):
-        value = _label_value(env.get(var, ""))
+        value = label_value(env.get(var, ""))
         if value:
             labels[key] = value
     return labels

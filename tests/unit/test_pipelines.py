@@ -737,3 +737,58 @@ def test_submit_checks_the_dataset_against_the_profile(tmp_path, capsys, monkeyp
     own = ["--s3-secret", "team-s3", "--s3-secret-keys", "a=AWS_ACCESS_KEY_ID"]
     assert main([*argv, *own]) == 2
     assert "cannot reach Kubeflow Pipelines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_the_kind_tests_submit_arguments_are_valid(launcher, monkeypatch):
+    """The kind test cannot run here; what it submits is checked against the pipeline."""
+    from pipelines.__main__ import build_parser, submit_request
+    from tests.kind.test_kind_e2e import submit_args
+
+    monkeypatch.delenv("DKD_KIND_SUBMIT_PARAMS", raising=False)
+    monkeypatch.delenv("S3_ENDPOINT", raising=False)
+    monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    argv = [
+        "submit",
+        "toy",
+        *submit_args("dkd:kind-e2e-cpu", "s3://mlpipeline/shared/e2e", launcher),
+    ]
+    args = build_parser().parse_args(argv)
+    assert args.launcher == launcher
+    _, params = submit_request(args)
+    assert params["pods_per_step"] == 2 and params["delete_after_done"] is False
+    assert "namespace" not in params  # the component pods' own
+
+
+#: `--param name=...`, `PARAMS="name=... name=..."` and `parameter `name`` in the docs.
+_DOC_PARAMS = re.compile(r"--param[ =]([a-z_]+)=|PARAMS=\"([^\"]*)\"")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md", "pipelines/README.md"])
+def test_the_docs_name_only_parameters_that_exist(doc):
+    pipeline = build_pipeline(config_path("toy"), image=IMAGE)
+    known = set(pipeline.component_spec.inputs)
+    named = set()
+    for single, many in _DOC_PARAMS.findall((REPO / doc).read_text()):
+        items = [single + "="] if single else many.split()
+        named |= {m.group(1) for item in items if (m := re.match(r"([a-z_]+)=", item))}
+    assert named <= known, f"{doc} names parameters the pipeline lacks: {sorted(named - known)}"
+
+
+def test_the_kfp_object_store_overlay_uses_the_pipelines_endpoint():
+    """k8s/overlays/kfp-object-store points the training pods at the store the pipelines
+    default to (KFP 2.17's Service seaweedfs), not a Service that no longer exists."""
+    from pipelines.jobspec import DEFAULT_S3_ENDPOINT
+
+    overlay = yaml.safe_load(
+        (REPO / "k8s/overlays/kfp-object-store/kustomization.yaml").read_text()
+    )
+    values = [
+        op["value"]["value"]
+        for patch in overlay["patches"]
+        for op in yaml.safe_load(patch.get("patch", "[]")) or []
+        if isinstance(op.get("value"), dict) and op["value"].get("name") == "S3_ENDPOINT"
+    ]
+    assert values == [DEFAULT_S3_ENDPOINT] == ["http://seaweedfs.kubeflow:9000"]
+    install = (REPO / "k8s/kind/install.sh").read_text()
+    assert "port-forward svc/seaweedfs 9000:9000" in install
