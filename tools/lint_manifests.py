@@ -1,20 +1,22 @@
-"""Render every overlay under k8s/overlays and validate what comes out (`make lint-manifests`).
+"""Render every kustomization under k8s/ and validate what comes out (`make lint-manifests`).
 
-- Renderer: `kustomize build` or `kubectl kustomize` when installed, else
-  tools/kustomize_lite.py (the subset our manifests use; same objects).
+- Renderer: `kubectl kustomize` (kustomize as kubectl ships it, the tool `kubectl apply -k`
+  uses); a missing kubectl is one clear error.
 - Built-in objects: `kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)`
   (the OpenAPI schemas of Kubernetes 1.37, unknown fields rejected).
-- Custom resources: the CRD schema of their kind under tests/schemas (PyTorchJob, TrainJob
-  from the operators' CRDs; PodMonitor from a hand-written subset), with jsonschema.
-- k8s/base/pytorchjob-example.yaml (not rendered by any overlay) and
+- Custom resources: the openAPIV3Schema of their CRD at the version we pin (tests/schemas,
+  see extract.py there: PyTorchJob, TrainJob, ClusterTrainingRuntime, PodMonitor), closed
+  by `strict_schema` so that unknown fields are rejected as the API server does.
+- The example manifests under k8s/base (not rendered by any overlay) and
   k8s/monitoring/dashboard.json (must be valid JSON) are checked too.
 
-    python tools/lint_manifests.py [--renderer auto|lite|kubectl|kustomize] [OVERLAY ...]
+    python tools/lint_manifests.py [KUSTOMIZATION_DIR ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import shutil
@@ -28,65 +30,87 @@ import jsonschema
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: make `tools` importable
-    sys.path.insert(0, str(REPO))
-
-from tools import kustomize_lite  # noqa: E402
-
 KUBERNETES_VERSION = "1.37.0"
-OVERLAYS_DIR = REPO / "k8s" / "overlays"
+K8S = REPO / "k8s"
+OVERLAYS_DIR = K8S / "overlays"
+#: Kustomizations applied on their own, besides the overlays.
+STANDALONE = (K8S / "base" / "trainer-runtime",)
 SCHEMAS = REPO / "tests" / "schemas"
-EXAMPLE_PYTORCHJOB = REPO / "k8s" / "base" / "pytorchjob-example.yaml"
-DASHBOARD = REPO / "k8s" / "monitoring" / "dashboard.json"
+EXAMPLES = (K8S / "base" / "pytorchjob-example.yaml", K8S / "base" / "trainjob-example.yaml")
+DASHBOARD = K8S / "monitoring" / "dashboard.json"
 
 #: (apiVersion, kind) of custom resources -> schema file under tests/schemas.
 CRD_SCHEMAS = {
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob-v1.schema.json",
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjob-v1alpha1.schema.json",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-v1.subset.schema.json",
+    (
+        "trainer.kubeflow.org/v1alpha1",
+        "ClusterTrainingRuntime",
+    ): "clustertrainingruntime-v1alpha1.schema.json",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-v1.schema.json",
 }
 
 
-def overlays() -> list[Path]:
-    """Every overlay directory (one with a kustomization file) under k8s/overlays."""
-    return sorted(
-        d
-        for d in OVERLAYS_DIR.iterdir()
-        if d.is_dir() and any((d / n).is_file() for n in kustomize_lite.KUSTOMIZATION_FILES)
+class ManifestError(Exception):
+    """A kustomization that cannot be rendered."""
+
+
+def kustomizations() -> list[Path]:
+    """Every overlay under k8s/overlays, then the standalone kustomizations."""
+    found = sorted(
+        d for d in OVERLAYS_DIR.iterdir() if d.is_dir() and (d / "kustomization.yaml").is_file()
     )
+    return [*found, *STANDALONE]
 
 
-def render(directory: Path, renderer: str = "lite") -> list[dict[str, Any]]:
-    """The objects of a kustomization, rendered by `renderer` (lite, kubectl or kustomize)."""
-    if renderer == "lite":
-        return kustomize_lite.build(directory)
-    command = {
-        "kubectl": ["kubectl", "kustomize", str(directory)],
-        "kustomize": ["kustomize", "build", str(directory)],
-    }[renderer]
+def render(directory: Path) -> list[dict[str, Any]]:
+    """The objects of a kustomization, as `kubectl kustomize` renders them."""
+    if shutil.which("kubectl") is None:
+        raise ManifestError(
+            "kubectl not found: install kubectl >= 1.31 (it renders kustomizations with "
+            "`kubectl kustomize`), https://kubernetes.io/docs/tasks/tools/"
+        )
+    command = ["kubectl", "kustomize", str(directory)]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode != 0:
-        raise kustomize_lite.KustomizeError(f"{' '.join(command)}: {out.stderr.strip()}")
+        raise ManifestError(f"{' '.join(command)}: {out.stderr.strip()}")
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
-def pick_renderer(requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
-    if shutil.which("kustomize"):
-        return "kustomize"
-    if shutil.which("kubectl"):
-        probe = subprocess.run(
-            ["kubectl", "kustomize", "--help"], capture_output=True, text=True, check=False
-        )
-        if probe.returncode == 0:
-            return "kubectl"
-    return "lite"
+def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a CRD's openAPIV3Schema that rejects unknown fields.
+
+    CRD schemas are structural: the API server prunes or (with field validation
+    Strict, kubectl's default) rejects any field a schema with `properties` does not
+    list, unless it says `x-kubernetes-preserve-unknown-fields: true`. jsonschema
+    allows extra keys unless told otherwise, so every such object gets
+    `additionalProperties: false` (maps, i.e. `additionalProperties` schemas, stay
+    as they are).
+    """
+    out = copy.deepcopy(schema)
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                close(value)
+        elif isinstance(node, list):
+            for item in node:
+                close(item)
+
+    close(out)
+    return out
 
 
 @functools.cache
 def crd_validator(schema_file: str) -> jsonschema.Draft7Validator:
-    schema = json.loads((SCHEMAS / schema_file).read_text())
+    """A validator for the CRD schema in tests/schemas/`schema_file`, unknown fields rejected."""
+    schema = strict_schema(json.loads((SCHEMAS / schema_file).read_text()))
     jsonschema.Draft7Validator.check_schema(schema)
     # No format checker: int32/int64/date-time and int-or-string are OpenAPI formats.
     return jsonschema.Draft7Validator(schema)
@@ -121,7 +145,7 @@ def validate_builtin(obj: dict[str, Any]) -> list[str]:
 
 
 def validate_custom(obj: dict[str, Any]) -> list[str]:
-    """Errors of a custom resource against its CRD's openAPIV3Schema."""
+    """Errors of a custom resource against its CRD's openAPIV3Schema (unknown fields too)."""
     validator = crd_validator(CRD_SCHEMAS[(obj["apiVersion"], obj["kind"])])
     return [
         f"{describe(obj)}: {'/'.join(map(str, e.absolute_path))}: {e.message}"
@@ -136,43 +160,36 @@ def validate(objects: Iterable[dict[str, Any]]) -> list[str]:
     return errors
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--renderer", choices=("auto", "lite", "kubectl", "kustomize"), default="auto"
-    )
-    parser.add_argument("overlay", nargs="*", help="overlay directories (default: all)")
-    args = parser.parse_args(argv)
-    renderer = pick_renderer(args.renderer)
-    targets = [Path(o) for o in args.overlay] or overlays()
-    failed = False
-    for overlay in targets:
-        try:
-            objects = render(overlay, renderer)
-        except kustomize_lite.KustomizeError as e:
-            print(f"FAIL {overlay}: {e}")
-            failed = True
-            continue
-        errors = validate(objects)
-        status = "ok  " if not errors else "FAIL"
-        print(
-            f"{status} {overlay} ({len(objects)} objects, {renderer}, Kubernetes {KUBERNETES_VERSION})"
-        )
-        for error in errors:
-            print(f"     {error}")
-        failed |= bool(errors)
-    example = [d for d in yaml.safe_load_all(EXAMPLE_PYTORCHJOB.read_text()) if d]
-    errors = validate(example)
-    print(f"{'ok  ' if not errors else 'FAIL'} {EXAMPLE_PYTORCHJOB.relative_to(REPO)}")
+def _report(what: str, errors: list[str], detail: str = "") -> bool:
+    print(f"{'ok  ' if not errors else 'FAIL'} {what}{detail}")
     for error in errors:
         print(f"     {error}")
-    failed |= bool(errors)
+    return bool(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kustomization", nargs="*", help="directories (default: all)")
+    args = parser.parse_args(argv)
+    targets = [Path(o) for o in args.kustomization] or kustomizations()
+    failed = False
+    for target in targets:
+        try:
+            objects = render(target)
+        except ManifestError as e:
+            print(f"FAIL {target}: {e}")
+            failed = True
+            continue
+        detail = f" ({len(objects)} objects, Kubernetes {KUBERNETES_VERSION})"
+        failed |= _report(str(target), validate(objects), detail)
+    for example in EXAMPLES:
+        docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+        failed |= _report(str(example.relative_to(REPO)), validate(docs))
     try:
         json.loads(DASHBOARD.read_text(encoding="utf-8"))
-        print(f"ok   {DASHBOARD.relative_to(REPO)}")
+        failed |= _report(str(DASHBOARD.relative_to(REPO)), [])
     except ValueError as e:
-        print(f"FAIL {DASHBOARD.relative_to(REPO)}: {e}")
-        failed = True
+        failed |= _report(str(DASHBOARD.relative_to(REPO)), [str(e)])
     return 1 if failed else 0
 
 

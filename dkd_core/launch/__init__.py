@@ -7,9 +7,11 @@ Backends (`launch_step(backend, job, spec, **kw)`):
 - `pytorchjob`: a Kubeflow Training Operator v1 `PyTorchJob` (`PyTorchJobLauncher`);
 - `trainjob`: a Kubeflow Trainer v2 `TrainJob` (`TrainJobLauncher`).
 
-Every backend returns on success and raises `DKDError` otherwise. Rendering
-manifests needs nothing but this package; talking to a cluster needs the
-`kubernetes` package, imported only then.
+Every backend returns on success and raises `DKDError` otherwise.
+`render_job(job, spec, kind)` returns the exact manifest a cluster backend
+creates (a dry run: pipe its YAML to `kubectl apply --dry-run=server -f -`).
+Rendering manifests needs neither torch nor the `kubernetes` package; talking
+to a cluster needs `kubernetes`, imported only then.
 """
 
 from __future__ import annotations
@@ -19,17 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from dkd_core.errors import DKDError
-from dkd_core.launch.cluster import ClusterSpec
+from dkd_core.launch.cluster import (
+    DEFAULT_RUNTIME,
+    KFP_POD_NAME_LABEL,
+    KFP_RUN_ID_LABEL,
+    ClusterSpec,
+    label_value,
+)
 from dkd_core.launch.job import StepJob, job_name, validate_name
 from dkd_core.launch.local import local_command, run_local
 from dkd_core.launch.pytorchjob import PYTORCHJOB, PyTorchJobLauncher, render_pytorchjob
-from dkd_core.launch.trainjob import DEFAULT_RUNTIME, TRAINJOB, TrainJobLauncher, render_trainjob
+from dkd_core.launch.trainjob import PATCH_MANAGER, TRAINJOB, TrainJobLauncher, render_trainjob
 from dkd_core.launch.watch import (
     ClusterLauncher,
     CustomObjectsAPI,
     JobKind,
-    KubePodLogs,
-    PodLogReader,
+    KubePods,
+    PodsAPI,
 )
 
 #: Default wait for a cluster job launched through `launch_step`: one day.
@@ -70,14 +78,38 @@ def _cluster_backend(backend: str, launcher_class: type[ClusterLauncher]) -> Cal
         keep: bool = False,
         log: Log = print,
         api: CustomObjectsAPI | None = None,
-        pod_logs: PodLogReader | None = None,
+        pods: PodsAPI | None = None,
         **options: Any,  # trainjob: runtime
     ) -> None:
-        launcher = launcher_class(api, pod_logs, **options)
+        launcher = launcher_class(api, pods, **options)
         launcher.launch(job, _need_spec(backend, spec), timeout_seconds, poll_seconds, keep, log)
 
     launch.__name__ = f"launch_{backend}"
     return launch
+
+
+#: Job kinds `render_job` renders, by backend name.
+RENDERERS: dict[str, Callable[[StepJob, ClusterSpec], dict[str, Any]]] = {
+    "pytorchjob": render_pytorchjob,
+    "trainjob": render_trainjob,
+}
+
+
+def render_job(job: StepJob, spec: ClusterSpec, kind: str = "pytorchjob") -> dict[str, Any]:
+    """The exact manifest the `kind` backend ("pytorchjob" or "trainjob") creates for `job`.
+
+    A plain dict, ready for `yaml.safe_dump`/`json.dumps`; the TrainJob references
+    `spec.trainjob_runtime`. Raises `DKDError` for an unknown kind or a job the
+    pods cannot run (e.g. more processes than GPUs, a name too long for the
+    operator's pod names).
+    """
+    try:
+        renderer = RENDERERS[kind]
+    except (KeyError, TypeError):
+        raise DKDError(
+            f"unknown job kind {kind!r}: expected one of {', '.join(sorted(RENDERERS))}"
+        ) from None
+    return renderer(job, _need_spec(kind, spec))
 
 
 #: Backend name -> `fn(job, spec=None, **kw)`; see `launch_step`.
@@ -93,7 +125,8 @@ def launch_step(backend: str, job: StepJob, spec: ClusterSpec | None = None, **k
 
     Keyword arguments go to the backend: `local` takes env, log, cwd, argv, timeout_seconds;
     `pytorchjob` and `trainjob` take timeout_seconds (default 24 h),
-    poll_seconds, keep, log, api, pod_logs, and `trainjob` also runtime.
+    poll_seconds, keep, log, api, pods, and `trainjob` also runtime (default:
+    `spec.trainjob_runtime`).
     """
     try:
         launcher = LAUNCHERS[backend]
@@ -107,21 +140,27 @@ def launch_step(backend: str, job: StepJob, spec: ClusterSpec | None = None, **k
 __all__ = [
     "DEFAULT_RUNTIME",
     "DEFAULT_TIMEOUT_SECONDS",
+    "KFP_POD_NAME_LABEL",
+    "KFP_RUN_ID_LABEL",
     "LAUNCHERS",
+    "PATCH_MANAGER",
     "PYTORCHJOB",
+    "RENDERERS",
     "TRAINJOB",
     "ClusterLauncher",
     "ClusterSpec",
     "CustomObjectsAPI",
     "JobKind",
-    "KubePodLogs",
-    "PodLogReader",
+    "KubePods",
+    "PodsAPI",
     "PyTorchJobLauncher",
     "StepJob",
     "TrainJobLauncher",
     "job_name",
+    "label_value",
     "launch_step",
     "local_command",
+    "render_job",
     "render_pytorchjob",
     "render_trainjob",
     "run_local",

@@ -1,34 +1,64 @@
 """Where and how a step's pods run on Kubernetes: `ClusterSpec`, shared by both job kinds.
 
-Also the small pieces both manifests are built from (container resources,
-security context, the /dev/shm volume, env) and the helpers that talk to the
-API server (`load_kube_config`, `is_transient`, `api_error_message`). The
-`kubernetes` package is imported only inside the functions that need it.
+`ClusterSpec`'s defaults are the one source of the training pods' settings:
+k8s/base/training/podtemplate.yaml is generated from them (tools/gen_manifests.py)
+and a test fails when the two drift. Also the small pieces both manifests are
+built from (container resources, security contexts, the /dev/shm and /tmp
+volumes, env, labels) and the helpers that talk to the API server
+(`load_kube_config`, `is_transient`, `api_error_message`). The `kubernetes`
+package is imported only inside the functions that need it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from dkd_core.errors import DKDError
 from dkd_core.launch.job import StepJob
+from dkd_core.metrics import DEFAULT_PORT as METRICS_PORT
 
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 SHM_PATH = "/dev/shm"
+TMP_VOLUME = "tmp"
+TMP_PATH = "/tmp"
 CLEAN_POD_POLICIES = ("None", "Running", "All")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-#: Labels put on every job and pod, before `ClusterSpec.labels`.
+#: Labels put on every job and pod, before `ClusterSpec.labels`. The PodMonitor
+#: (k8s/monitoring) selects training pods by these two.
 BASE_LABELS = {"app.kubernetes.io/part-of": "dkd", "app.kubernetes.io/component": "train"}
+#: Prefix of our own label keys and of the TrainJob `runtimePatches[].manager`. Trainer
+#: v2.3 requires the manager to be a domain-prefixed path (apimachinery's
+#: IsDomainPrefixedPath: an RFC 1123 subdomain, "/", an HTTP path); the domain is the
+#: project's GitHub organisation, so it cannot collide with another controller's.
+LABEL_DOMAIN = "dkd-k8s.github.io"
+#: Labels naming the Kubeflow Pipelines run and the component pod that created a job,
+#: so that `kubectl get pytorchjobs,trainjobs -l <label>=<run id>` finds a run's jobs.
+KFP_RUN_ID_LABEL = f"{LABEL_DOMAIN}/kfp-run-id"
+KFP_POD_NAME_LABEL = f"{LABEL_DOMAIN}/kfp-pod-name"
+#: The ClusterTrainingRuntime TrainJobs use by default: ours (k8s/base/trainer-runtime),
+#: upstream's torch-distributed plus the `metrics` port and the pod settings a
+#: TrainJob cannot patch.
+DEFAULT_RUNTIME = "dkd-torch-distributed"
+#: Name of the container port rank 0 serves /metrics on (`METRICS_PORT`); the
+#: PodMonitor scrapes the port of this name.
+METRICS_PORT_NAME = "metrics"
+#: Toleration of the taint GPU node pools usually carry (NVIDIA GPU operator, GKE, AKS):
+#: a toleration only allows a node, so it is harmless where there is no such taint.
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_VALUE_MAX = 63
 #: The pattern of `resource.Quantity` in the CRDs' schemas.
 _QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -68,45 +98,109 @@ def _check_label(key: str, value: str, what: str) -> None:
         )
 
 
+def label_value(text: str) -> str:
+    """`text` as a valid label value: other characters become '-', at most 63 characters.
+
+    Leading/trailing characters that are not letters or digits are dropped. A value
+    that had to be cut keeps its first 56 characters and a 6-hex-digit hash of the
+    whole, so distinct long values stay distinct.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text)).strip("-_.")
+    if len(cleaned) <= _LABEL_VALUE_MAX:
+        return cleaned
+    digest = hashlib.sha256(str(text).encode()).hexdigest()[:6]
+    return f"{cleaned[: _LABEL_VALUE_MAX - 7].rstrip('-_.')}-{digest}"
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """Pod settings of a step's job; the same spec serves PyTorchJob and TrainJob.
 
-    Quantities (`cpu_*`, `memory_*`, `shm_size`) are Kubernetes quantities
-    ("4", "500m", "16Gi"); `None` leaves a request/limit unset. `env`,
-    `node_selector` and `labels` also accept a mapping. `s3_secret` names a
-    Secret with the S3 credentials. `s3_secret_env` maps environment variable
-    names to its keys (e.g. KFP's `mlpipeline-minio-artifact`: AWS_ACCESS_KEY_ID
-    -> accesskey) and is rendered as `secretKeyRef`s; without it a PyTorchJob
-    takes every key of the Secret under its own name (`envFrom`). A TrainJob
-    (release 2.3) has no `envFrom` for the trainer, so it needs `s3_secret_env`.
+    Every field below is also a parameter of `ClusterSpec.from_params`, under the
+    same name (the pipelines expose them as pipeline parameters):
+
+    - `namespace`, `image` (required): where the job runs, the training image.
+    - `image_pull_policy`: Always | IfNotPresent | Never (PyTorchJob only; a
+      TrainJob's comes from its runtime).
+    - `gpus_per_pod`: `nvidia.com/gpu` limit of each pod; 0 runs on CPUs.
+    - `cpu_request`, `cpu_limit`, `memory_request`, `memory_limit`: Kubernetes
+      quantities ("4", "500m", "16Gi"); None (or "" in `from_params`) leaves one
+      unset. No CPU limit by default: a limit throttles the data loaders, the
+      request is what the scheduler needs.
+    - `shm_size`: size of the memory-backed /dev/shm (data-loader workers pass
+      batches through it); `tmp_size`: size of the /tmp emptyDir (the image's
+      caches, DKD_CACHE: dataset mirror and teacher checkpoints). None: no limit.
+    - `read_only_root_filesystem`: the image writes only to /tmp (its HOME).
+    - `s3_secret`: a Secret with the S3 credentials; `s3_secret_env` maps
+      environment variable names to its keys (e.g. KFP's
+      `mlpipeline-minio-artifact`: AWS_ACCESS_KEY_ID -> accesskey), rendered as
+      `secretKeyRef`s; without it a PyTorchJob takes every key of the Secret under
+      its own name (`envFrom`). A TrainJob (release 2.3) has no `envFrom` for the
+      trainer, so it needs `s3_secret_env`.
+    - `env`: extra environment variables (a mapping or (name, value) pairs).
+    - `service_account`: the pods' ServiceAccount (its token is not mounted).
+    - `node_selector` (mapping), `tolerations` (list of Toleration objects): GPU
+      pool placement. The default tolerates the usual `nvidia.com/gpu` taint.
+    - `clean_pod_policy`, `backoff_limit`, `ttl_seconds_after_finished`: the
+      PyTorchJob's runPolicy; `active_deadline_seconds` also bounds a TrainJob.
+    - `labels`: extra labels of the job and its pods; `kfp_run_id`,
+      `kfp_pod_name`: the Kubeflow Pipelines run and component pod that launch
+      the job, put on the job and its pods as `KFP_RUN_ID_LABEL` and
+      `KFP_POD_NAME_LABEL` (sanitised to label values) so orphans can be found.
+    - `run_as_user`: the pods' user id (default: the image's, which must not be root).
+    - `trainjob_runtime`: the ClusterTrainingRuntime a TrainJob references.
+    - `delete_after_done`: delete the job when it has finished (succeeded, failed
+      or timed out); False keeps it for inspection, like the Kubeflow Pipelines
+      PyTorchJob launcher's `delete_after_done` (a PyTorchJob's
+      `ttl_seconds_after_finished` still applies: None keeps it until deleted).
+      A retry of the step replaces a failed job of the same name that it finds.
+    - `log_tail_lines`: how many lines of the failing pod's log a failure reports.
+    - `stuck_pod_grace_seconds`: how long a pod may stay in ImagePullBackOff,
+      ErrImagePull, InvalidImageName, CreateContainerConfigError or Unschedulable
+      before the step fails (instead of waiting for the step's timeout). Raise it
+      where a cluster autoscaler takes longer to bring up a GPU node.
     """
 
     namespace: str
     image: str
     image_pull_policy: str = "IfNotPresent"
     gpus_per_pod: int = 0
-    cpu_request: str | None = None
+    cpu_request: str | None = "4"
     cpu_limit: str | None = None
-    memory_request: str | None = None
-    memory_limit: str | None = None
+    memory_request: str | None = "16Gi"
+    memory_limit: str | None = "32Gi"
     shm_size: str | None = "8Gi"
     s3_secret: str | None = None
     s3_secret_env: Pairs = ()  # (environment variable, Secret key)
     env: Pairs = ()
     service_account: str | None = None
     node_selector: Pairs = ()
-    tolerations: tuple[Mapping[str, Any], ...] = ()
+    tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
     clean_pod_policy: str = "Running"
     backoff_limit: int = 3
     active_deadline_seconds: int | None = None
     ttl_seconds_after_finished: int | None = 3600
     labels: Pairs = ()
     run_as_user: int | None = None
+    tmp_size: str | None = "100Gi"
+    read_only_root_filesystem: bool = True
+    trainjob_runtime: str = DEFAULT_RUNTIME
+    kfp_run_id: str | None = None
+    kfp_pod_name: str | None = None
+    delete_after_done: bool = True
+    log_tail_lines: int = 500
+    stuck_pod_grace_seconds: int = 300
 
     def __post_init__(self) -> None:
         for field in ("env", "node_selector", "labels", "s3_secret_env"):
             object.__setattr__(self, field, _pairs(getattr(self, field), field))
+        if isinstance(self.tolerations, Mapping) or not all(
+            isinstance(t, Mapping) for t in self.tolerations
+        ):
+            raise DKDError(
+                "cluster spec tolerations: expected a list of objects like "
+                '{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}'
+            )
         object.__setattr__(self, "tolerations", tuple(dict(t) for t in self.tolerations))
         if not _DNS_LABEL.match(self.namespace or "") or len(self.namespace) > 63:
             raise DKDError(f"cluster spec: namespace {self.namespace!r} is not a valid namespace")
@@ -123,7 +217,19 @@ class ClusterSpec:
                 f"{', '.join(CLEAN_POD_POLICIES)}"
             )
         self._check_ints()
-        for field in ("cpu_request", "cpu_limit", "memory_request", "memory_limit", "shm_size"):
+        for field in ("read_only_root_filesystem", "delete_after_done"):
+            if not isinstance(getattr(self, field), bool):
+                raise DKDError(
+                    f"cluster spec: {field} must be true or false, got {getattr(self, field)!r}"
+                )
+        for field in (
+            "cpu_request",
+            "cpu_limit",
+            "memory_request",
+            "memory_limit",
+            "shm_size",
+            "tmp_size",
+        ):
             value = getattr(self, field)
             if value is not None and not _QUANTITY.match(str(value)):
                 raise DKDError(
@@ -133,11 +239,20 @@ class ClusterSpec:
         for name, _ in self.env:
             if "=" in name:
                 raise DKDError(f"cluster spec env: {name!r} is not a valid variable name")
-        for key, value in (*BASE_LABELS.items(), *self.labels):
+        for key, value in self.all_labels().items():
             _check_label(key, value, "labels")
-        for secret in (self.s3_secret, self.service_account):
-            if secret is not None and not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", secret):
-                raise DKDError(f"cluster spec: {secret!r} is not a valid object name")
+        for field in ("s3_secret", "service_account", "trainjob_runtime"):
+            name = getattr(self, field)
+            if name is not None and (
+                not isinstance(name, str)
+                or len(name) > 253
+                or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)
+            ):
+                raise DKDError(f"cluster spec: {field} {name!r} is not a valid object name")
+        for field in ("kfp_run_id", "kfp_pod_name"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, str) or not label_value(value)):
+                raise DKDError(f"cluster spec: {field} must be a non-empty string, got {value!r}")
 
     def _check_ints(self) -> None:
         minimum = {
@@ -146,13 +261,40 @@ class ClusterSpec:
             "active_deadline_seconds": 1,
             "ttl_seconds_after_finished": 0,
             "run_as_user": 1,
+            "log_tail_lines": 1,
+            "stuck_pod_grace_seconds": 0,
         }
+        optional = ("active_deadline_seconds", "ttl_seconds_after_finished", "run_as_user")
         for field, low in minimum.items():
             value = getattr(self, field)
-            if value is None and field not in ("gpus_per_pod", "backoff_limit"):
+            if value is None and field in optional:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise DKDError(f"cluster spec: {field} must be an integer >= {low}, got {value!r}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> ClusterSpec:
+        """A spec from plain JSON-able values, e.g. a pipeline's parameters.
+
+        Keys are the field names (see the class docstring); unknown keys are
+        refused. Integers and booleans may be given as strings ("4", "true");
+        "" or None means None for the optional fields; `env`, `labels`,
+        `node_selector` and `s3_secret_env` take an object (or a JSON string of
+        one, or a list of [name, value] pairs); `tolerations` a list of objects
+        (or its JSON string). Raises `DKDError` with one line naming the field.
+        """
+        if not isinstance(params, Mapping):
+            raise DKDError(f"cluster spec parameters: expected an object, got {params!r}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise DKDError(
+                f"cluster spec parameters: unknown {', '.join(map(repr, unknown))} "
+                f"(expected some of {', '.join(known)})"
+            )
+        hints = typing.get_type_hints(cls)
+        values = {name: _coerce(name, hints[name], value) for name, value in params.items()}
+        return cls(**values)
 
     # -- pieces of the pod template ------------------------------------------------
 
@@ -165,8 +307,13 @@ class ClusterSpec:
             )
 
     def all_labels(self) -> dict[str, str]:
-        """Labels of the job object and its pods."""
-        return {**BASE_LABELS, **dict(self.labels)}
+        """Labels of the job object and its pods: ours, `labels`, the KFP run and pod."""
+        out = {**BASE_LABELS, **dict(self.labels)}
+        if self.kfp_run_id:
+            out[KFP_RUN_ID_LABEL] = label_value(self.kfp_run_id)
+        if self.kfp_pod_name:
+            out[KFP_POD_NAME_LABEL] = label_value(self.kfp_pod_name)
+        return out
 
     def resources(self) -> dict[str, dict[str, Any]]:
         """Container `resources`: cpu/memory requests and limits, GPUs as a limit."""
@@ -188,8 +335,12 @@ class ClusterSpec:
         ]
 
     def env_list(self) -> list[dict[str, Any]]:
-        """Container `env`: `PYTHONUNBUFFERED=1` then `env` (later names win, no duplicates)."""
-        merged = {"PYTHONUNBUFFERED": "1", **dict(self.env)}
+        """Container `env`: PYTHONUNBUFFERED=1, HOME=/tmp, then `env` (later names win).
+
+        HOME is /tmp because the root filesystem is read-only and /tmp is the
+        writable emptyDir.
+        """
+        merged = {"PYTHONUNBUFFERED": "1", "HOME": TMP_PATH, **dict(self.env)}
         return [{"name": k, "value": v} for k, v in merged.items()]
 
     def container_security_context(self) -> dict[str, Any]:
@@ -197,6 +348,7 @@ class ClusterSpec:
         ctx: dict[str, Any] = {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": self.read_only_root_filesystem,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         }
@@ -204,16 +356,35 @@ class ClusterSpec:
             ctx["runAsUser"] = self.run_as_user
         return ctx
 
-    def shm_volume(self) -> dict[str, Any]:
-        """A memory-backed emptyDir for /dev/shm (data-loader workers share tensors there)."""
-        empty_dir: dict[str, Any] = {"medium": "Memory"}
+    def pod_security_context(self) -> dict[str, Any]:
+        """The pod's: non-root and runtime-default seccomp for every container of the pod
+        (the operators' own init containers included)."""
+        ctx: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        if self.run_as_user is not None:
+            ctx["runAsUser"] = self.run_as_user
+        return ctx
+
+    def volumes(self) -> list[dict[str, Any]]:
+        """/dev/shm (memory-backed: data-loader workers share tensors there) and /tmp."""
+        shm: dict[str, Any] = {"medium": "Memory"}
         if self.shm_size is not None:
-            empty_dir["sizeLimit"] = self.shm_size
-        return {"name": SHM_VOLUME, "emptyDir": empty_dir}
+            shm["sizeLimit"] = self.shm_size
+        tmp: dict[str, Any] = {}
+        if self.tmp_size is not None:
+            tmp["sizeLimit"] = self.tmp_size
+        return [{"name": SHM_VOLUME, "emptyDir": shm}, {"name": TMP_VOLUME, "emptyDir": tmp}]
 
     @staticmethod
-    def shm_mount() -> dict[str, str]:
-        return {"name": SHM_VOLUME, "mountPath": SHM_PATH}
+    def volume_mounts() -> list[dict[str, str]]:
+        return [
+            {"name": SHM_VOLUME, "mountPath": SHM_PATH},
+            {"name": TMP_VOLUME, "mountPath": TMP_PATH},
+        ]
+
+    @staticmethod
+    def metrics_port() -> dict[str, Any]:
+        """The container port the PodMonitor (k8s/monitoring) scrapes."""
+        return {"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}
 
     def placement(self) -> dict[str, Any]:
         """Pod-level fields: serviceAccountName, nodeSelector, tolerations (those set)."""
@@ -225,6 +396,59 @@ class ClusterSpec:
         if self.tolerations:
             out["tolerations"] = [dict(t) for t in self.tolerations]
         return out
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """`value` (plain JSON) as the type `hint` of field `name`; `DKDError` naming the field."""
+    where = f"cluster spec parameter {name}"
+    args = typing.get_args(hint)
+    optional = (typing.get_origin(hint) in (typing.Union, types.UnionType)) and type(None) in args
+    if optional:
+        if value is None or value == "":
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise DKDError(f"{where}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value)
+        raise DKDError(f"{where}: expected an integer, got {value!r}")
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise DKDError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if isinstance(value, str):  # an object or list given as JSON text (e.g. from the CLI)
+        if not value.strip():
+            return ()
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise DKDError(f"{where}: not valid JSON ({e.msg}): {value!r}") from None
+    if name == "tolerations":
+        if not isinstance(value, list | tuple) or not all(isinstance(t, Mapping) for t in value):
+            raise DKDError(f"{where}: expected a list of toleration objects, got {value!r}")
+        return tuple(dict(t) for t in value)
+    # Pairs: an object of string values, or a list of [name, value] pairs.
+    if isinstance(value, Mapping):
+        items = list(value.items())
+    elif isinstance(value, list | tuple) and all(
+        isinstance(i, list | tuple) and len(i) == 2 for i in value
+    ):
+        items = [tuple(i) for i in value]
+    else:
+        raise DKDError(f"{where}: expected an object of names to values, got {value!r}")
+    for k, v in items:
+        if not isinstance(k, str) or not k or isinstance(v, Mapping | list | tuple) or v is None:
+            raise DKDError(f"{where}: {k!r}: {v!r} is not a name and a plain value")
+    return tuple((k, v if isinstance(v, str) else json.dumps(v)) for k, v in items)
 
 
 # -- talking to the API server ------------------------------------------------------

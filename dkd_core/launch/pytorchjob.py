@@ -5,6 +5,11 @@ in a container named `pytorch` (the operator finds the training container by
 that name and injects torchrun's `PET_*` variables into it). Pods restart
 `OnFailure`: a killed pod comes back and the step resumes from its last
 periodic checkpoint.
+
+The operator's admission webhook (release 1.9) refuses a job whose name is not
+an RFC 1035 label, whose replica types are not Master/Worker, whose Master has
+other than 1 replica or a Worker fewer than 1, or whose replicas have no
+container named `pytorch` with an image; `render_pytorchjob` never produces one.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ from dkd_core.errors import DKDError
 from dkd_core.launch.cluster import ClusterSpec
 from dkd_core.launch.job import NAME_MAX_LENGTH, StepJob
 from dkd_core.launch.watch import ClusterLauncher, JobKind
-from dkd_core.metrics import DEFAULT_PORT as METRICS_PORT
 
 PYTORCHJOB = JobKind(
     kind="PyTorchJob",
@@ -39,32 +43,49 @@ def _check_name_budget(job: StepJob) -> None:
         )
 
 
-def _replica(job: StepJob, spec: ClusterSpec, replicas: int) -> dict[str, Any]:
+def pod_template(spec: ClusterSpec, command: list[str] | None = None) -> dict[str, Any]:
+    """The pod template of every replica: `spec`'s pod settings, running `command`.
+
+    Without `command` it is the generic training pod that
+    k8s/base/training/podtemplate.yaml documents (tools/gen_manifests.py).
+    """
     container: dict[str, Any] = {
         "name": PYTORCHJOB.container,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
-        "command": job.command(),
-        "env": spec.env_list(),
-        "resources": spec.resources(),
-        "volumeMounts": [spec.shm_mount()],
-        "securityContext": spec.container_security_context(),
-        # Rank 0 serves /metrics here; the PodMonitor (k8s/monitoring) scrapes the named port.
-        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
     }
+    if command is not None:
+        container["command"] = list(command)
+    container["env"] = spec.env_list()
     if spec.s3_secret and spec.s3_secret_env:
         container["env"] = [*container["env"], *spec.secret_env_list()]
     elif spec.s3_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.s3_secret}}]
+    container.update(
+        {
+            # Rank 0 serves /metrics here; the PodMonitor (k8s/monitoring) scrapes this port.
+            "ports": [spec.metrics_port()],
+            "resources": spec.resources(),
+            "securityContext": spec.container_security_context(),
+            "volumeMounts": spec.volume_mounts(),
+        }
+    )
     pod_spec: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [spec.shm_volume()],
+        "automountServiceAccountToken": False,  # training never talks to the API server
+        "securityContext": spec.pod_security_context(),
         **spec.placement(),
+        "containers": [container],
+        "volumes": spec.volumes(),
     }
+    return {"metadata": {"labels": spec.all_labels()}, "spec": pod_spec}
+
+
+def _replica(job: StepJob, spec: ClusterSpec, replicas: int) -> dict[str, Any]:
     return {
         "replicas": replicas,
+        # A killed pod comes back and resumes from its last periodic checkpoint.
         "restartPolicy": "OnFailure",
-        "template": {"metadata": {"labels": spec.all_labels()}, "spec": pod_spec},
+        "template": pod_template(spec, job.command()),
     }
 
 

@@ -6,8 +6,19 @@ and which condition types mean success and failure (PyTorchJob: `Succeeded` /
 only for those two with status "True": every other condition (Created,
 Running, Restarting, Suspended, ...) means "keep waiting", until an explicit
 deadline. Transient API errors (429, 5xx, connection errors) while polling
-are retried. Everything that talks to the cluster is injectable (`api`,
-`pod_logs`, `clock`, `sleep`), so the loop is tested without one.
+are retried.
+
+A retried pipeline step creates a job of the same name: when the create answers
+409 (AlreadyExists) the existing job is adopted and waited on if it is ours (our
+labels, the same pipeline run), or deleted and created anew if it had failed.
+While waiting, the job's pods are watched: one that stays in ImagePullBackOff,
+ErrImagePull, InvalidImageName, CreateContainerConfigError or Unschedulable for
+`ClusterSpec.stuck_pod_grace_seconds` fails the step with the pod's reason, long
+before the step's timeout. Everything that talks to the cluster is injectable
+(`api`, `pods`, `clock`, `sleep`), so the loop is tested without one.
+
+API calls, i.e. what the Role in k8s/base/rbac must grant and grants: create,
+get and delete of the job resource; list of pods; get of pods/log.
 """
 
 from __future__ import annotations
@@ -22,21 +33,29 @@ from typing import Any, ClassVar, Protocol
 
 from dkd_core.errors import DKDError
 from dkd_core.launch.cluster import (
+    BASE_LABELS,
+    KFP_RUN_ID_LABEL,
     ClusterSpec,
     api_error_message,
     api_status,
     is_transient,
+    label_value,
     load_kube_config,
 )
 from dkd_core.launch.job import StepJob
 
 Log = Callable[[str], None]
-#: (namespace, label selector, container) -> the last lines of the failing pod's log.
-PodLogReader = Callable[[str, str, str], str]
 
-LOG_TAIL_LINES = 50
+#: Waiting reasons of a container that do not go away by waiting (a wrong image or
+#: registry credentials, a missing Secret/ConfigMap key).
+STUCK_WAITING_REASONS = frozenset(
+    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
+)
+UNSCHEDULABLE = "Unschedulable"
 _CREATE_ATTEMPTS = 5
 _DELETE_ATTEMPTS = 3
+#: How long a failed job of an earlier attempt may take to go away before we give up.
+_REPLACE_SECONDS = 600
 
 
 class CustomObjectsAPI(Protocol):
@@ -53,6 +72,20 @@ class CustomObjectsAPI(Protocol):
     def delete_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str, **kw: Any
     ) -> Any: ...
+
+
+class PodsAPI(Protocol):
+    """What the launchers read about a job's pods (`KubePods` with a cluster)."""
+
+    def list_pods(self, namespace: str, selector: str) -> Sequence[Any]:
+        """The pods matching a label selector, as `kubernetes.client.V1Pod` objects."""
+        ...
+
+    def read_log(
+        self, namespace: str, pod: str, container: str, tail_lines: int, previous: bool
+    ) -> str:
+        """The last `tail_lines` lines of a container's log (of its previous run)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +138,7 @@ def _latest_true(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] |
     return current[-1] if current else None
 
 
-# -- pod logs ---------------------------------------------------------------------
+# -- pods ---------------------------------------------------------------------
 
 
 def pick_failing_pod(pods: Iterable[Any], container: str) -> tuple[str, bool] | None:
@@ -137,12 +170,37 @@ def pick_failing_pod(pods: Iterable[Any], container: str) -> tuple[str, bool] | 
     return None if best is None else (best[1], best[2])
 
 
-class KubePodLogs:
-    """Reads the last lines of the failing pod of a job with `CoreV1Api`."""
+def stuck_reason(pod: Any) -> tuple[str, str] | None:
+    """(reason, message) when `pod` (a `V1Pod`) waits on something that waiting will not fix.
 
-    def __init__(self, core_api: Any = None, tail_lines: int = LOG_TAIL_LINES) -> None:
+    A container (or init container) waiting in one of `STUCK_WAITING_REASONS`, or
+    the condition PodScheduled=False with reason Unschedulable (no node fits its
+    requests, selector and tolerations). A pod being deleted is never stuck.
+    """
+    if getattr(pod.metadata, "deletion_timestamp", None):
+        return None
+    status = pod.status
+    if status is None:
+        return None
+    for cs in [
+        *(getattr(status, "init_container_statuses", None) or []),
+        *(getattr(status, "container_statuses", None) or []),
+    ]:
+        waiting = getattr(cs.state, "waiting", None) if cs.state else None
+        if waiting is not None and waiting.reason in STUCK_WAITING_REASONS:
+            return waiting.reason, f"container {cs.name}: {waiting.message or 'no message'}"
+    for c in getattr(status, "conditions", None) or []:
+        if c.type == "PodScheduled" and str(c.status) == "False" and c.reason == UNSCHEDULABLE:
+            return UNSCHEDULABLE, c.message or "no message"
+    return None
+
+
+class KubePods:
+    """`PodsAPI` over `kubernetes.client.CoreV1Api` (created on first use when None)."""
+
+    def __init__(self, core_api: Any = None, request_timeout: float = 60.0) -> None:
         self._core = core_api
-        self.tail_lines = tail_lines
+        self.request_timeout = request_timeout
 
     def _api(self) -> Any:
         if self._core is None:
@@ -152,25 +210,39 @@ class KubePodLogs:
             self._core = client.CoreV1Api()
         return self._core
 
-    def __call__(self, namespace: str, selector: str, container: str) -> str:
-        api = self._api()
-        pods = api.list_namespaced_pod(
-            namespace, label_selector=selector, _request_timeout=60
-        ).items
-        picked = pick_failing_pod(pods, container)
-        if picked is None:
-            return f"(no pods match {selector})"
-        name, previous = picked
-        text = api.read_namespaced_pod_log(
-            name,
+    def list_pods(self, namespace: str, selector: str) -> Sequence[Any]:
+        return (
+            self._api()
+            .list_namespaced_pod(
+                namespace, label_selector=selector, _request_timeout=self.request_timeout
+            )
+            .items
+        )
+
+    def read_log(
+        self, namespace: str, pod: str, container: str, tail_lines: int, previous: bool
+    ) -> str:
+        return self._api().read_namespaced_pod_log(
+            pod,
             namespace,
             container=container,
-            tail_lines=self.tail_lines,
+            tail_lines=tail_lines,
             previous=previous,
-            _request_timeout=60,
+            _request_timeout=self.request_timeout,
         )
-        run = "previous run of " if previous else ""
-        return f"[{run}pod {name}]\n{text or '(empty log)'}"
+
+
+def failing_pod_log(
+    pods: PodsAPI, namespace: str, selector: str, container: str, tail_lines: int
+) -> str:
+    """The last `tail_lines` lines of the pod that best explains a failure, with a header."""
+    picked = pick_failing_pod(pods.list_pods(namespace, selector), container)
+    if picked is None:
+        return f"(no pods match {selector})"
+    name, previous = picked
+    text = pods.read_log(namespace, name, container, tail_lines, previous)
+    run = "previous run of " if previous else ""
+    return f"[{run}pod {name}, last {tail_lines} lines]\n{text or '(empty log)'}"
 
 
 # -- the launcher -----------------------------------------------------------------
@@ -194,14 +266,34 @@ def _sigterm_raises(what: str) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def ownership_problem(obj: Mapping[str, Any], spec: ClusterSpec) -> str | None:
+    """Why an existing job of our name is not ours to adopt, or None when it is.
+
+    Ours: it carries `BASE_LABELS` and, when `spec` knows the pipeline run
+    (`kfp_run_id`), the same run id label (a retry of a step keeps the run id; its
+    pod name changes, so that label is not compared).
+    """
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    missing = {k: v for k, v in BASE_LABELS.items() if labels.get(k) != v}
+    if missing:
+        wanted = ", ".join(f"{k}={v}" for k, v in missing.items())
+        return f"it lacks the labels {wanted}: it was not created by dkd_core.launch"
+    if spec.kfp_run_id and labels.get(KFP_RUN_ID_LABEL) != label_value(spec.kfp_run_id):
+        return (
+            f"it belongs to another pipeline run ({KFP_RUN_ID_LABEL}="
+            f"{labels.get(KFP_RUN_ID_LABEL, '(none)')}, this run is {label_value(spec.kfp_run_id)})"
+        )
+    return None
+
+
 class ClusterLauncher:
     """Runs a `StepJob` as a training-job custom resource and waits for it to finish.
 
     Subclasses set `kind` and implement `render`. `api` is a
     `kubernetes.client.CustomObjectsApi` (created on first use, after loading
-    the in-cluster config or a kubeconfig, when None); `pod_logs` reads a
-    failing pod's log (`KubePodLogs` by default); `clock` and `sleep` are
-    injectable for tests.
+    the in-cluster config or a kubeconfig, when None); `pods` reads the job's
+    pods and logs (`KubePods` by default); `clock` and `sleep` are injectable
+    for tests.
     """
 
     kind: ClassVar[JobKind]
@@ -209,14 +301,14 @@ class ClusterLauncher:
     def __init__(
         self,
         api: CustomObjectsAPI | None = None,
-        pod_logs: PodLogReader | None = None,
+        pods: PodsAPI | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         request_timeout: float = 60.0,
     ) -> None:
         self._api = api
-        self._pod_logs = pod_logs
+        self._pods = pods
         self._clock = clock
         self._sleep = sleep
         self.request_timeout = request_timeout
@@ -234,6 +326,12 @@ class ClusterLauncher:
             self._api = client.CustomObjectsApi()
         return self._api
 
+    @property
+    def pods(self) -> PodsAPI:
+        if self._pods is None:
+            self._pods = KubePods(request_timeout=self.request_timeout)
+        return self._pods
+
     def launch(
         self,
         job: StepJob,
@@ -243,10 +341,13 @@ class ClusterLauncher:
         keep: bool = False,
         log: Log = print,
     ) -> None:
-        """Create the job, wait until it succeeds, delete it (unless `keep`).
+        """Create (or adopt) the job, wait until it succeeds, delete it.
 
-        Raises `DKDError` when the job fails (with the failure condition's
-        message and the last lines of the failing pod's log), when it has not
+        The job is kept, not deleted, when `keep` is true or
+        `spec.delete_after_done` is false. Raises `DKDError` when the job fails
+        (with the failure condition's message and the last
+        `spec.log_tail_lines` lines of the failing pod's log), when one of its
+        pods is stuck for `spec.stuck_pod_grace_seconds`, when it has not
         finished after `timeout_seconds` (counted from the call, creation
         included), or when the API refuses it.
         """
@@ -255,34 +356,46 @@ class ClusterLauncher:
                 f"timeout_seconds and poll_seconds must be > 0, got {timeout_seconds} "
                 f"and {poll_seconds}"
             )
+        keep = keep or not spec.delete_after_done
         manifest = self.render(job, spec)
         k, ns, name = self.kind, spec.namespace, job.name
         deadline = self._clock() + timeout_seconds
-        created = False
+        ours = False  # the job exists and is ours: delete it when done (unless keep)
         try:
             with _sigterm_raises(f"{k.kind} {ns}/{name}"):
-                self._create(manifest, ns, name, deadline, poll_seconds, log)
-                created = True
-                log(f"{k.kind} {ns}/{name} created; waiting up to {timeout_seconds:g} s")
-                self._wait(ns, name, deadline, timeout_seconds, poll_seconds, keep, log)
+                adopted = self._create(manifest, spec, deadline, poll_seconds, log)
+                ours = True
+                verb = "exists from an earlier attempt: adopted" if adopted else "created"
+                log(f"{k.kind} {ns}/{name} {verb}; waiting up to {timeout_seconds:g} s")
+                self._wait(spec, name, deadline, timeout_seconds, poll_seconds, keep, log)
         finally:
-            if created and not keep:
+            if ours and not keep:
                 self._delete(ns, name, poll_seconds, log)
-            elif created:
-                log(f"{k.kind} {ns}/{name} kept (keep=True)")
+            elif ours:
+                log(
+                    f"{k.kind} {ns}/{name} kept for inspection; remove it with "
+                    f"kubectl delete {k.plural}.{k.group} -n {ns} {name}"
+                )
 
     # -- steps of launch ------------------------------------------------------------
+
+    def _get(self, ns: str, name: str) -> Any:
+        k = self.kind
+        return self.api.get_namespaced_custom_object(
+            k.group, k.version, ns, k.plural, name, _request_timeout=self.request_timeout
+        )
 
     def _create(
         self,
         manifest: dict[str, Any],
-        ns: str,
-        name: str,
+        spec: ClusterSpec,
         deadline: float,
         poll_seconds: float,
         log: Log,
-    ) -> None:
-        k = self.kind
+    ) -> bool:
+        """Create the job; True when a job of that name existed and is adopted instead."""
+        k, ns, name = self.kind, spec.namespace, manifest["metadata"]["name"]
+        replaced = False
         for attempt in range(1, _CREATE_ATTEMPTS + 1):
             try:
                 self.api.create_namespaced_custom_object(
@@ -291,19 +404,20 @@ class ClusterLauncher:
                     ns,
                     k.plural,
                     manifest,
+                    # Refuse fields the CRD does not know instead of dropping them silently.
+                    field_validation="Strict",
                     _request_timeout=self.request_timeout,
                 )
-                return
+                return False
             except Exception as e:
                 status = api_status(e)
-                if status == 409 and attempt > 1:
-                    return  # an earlier attempt reached the server after all
                 if status == 409:
-                    raise DKDError(
-                        f"{k.kind} {ns}/{name} already exists: delete it "
-                        f"(kubectl delete {k.plural}.{k.group} -n {ns} {name}) or pick another "
-                        "job name"
-                    ) from e
+                    # A retry of the step (or an earlier attempt of this create that
+                    # reached the server after all): adopt the job if it is ours.
+                    if self._adopt(spec, name, replaced, deadline, poll_seconds, log):
+                        return True
+                    replaced = True
+                    continue
                 if status == 404:
                     raise DKDError(
                         f"cannot create {k.kind} {ns}/{name}: {api_error_message(e)} "
@@ -318,10 +432,66 @@ class ClusterLauncher:
                     ) from e
                 log(f"creating {k.kind} {ns}/{name}: {api_error_message(e)}; retrying")
                 self._sleep(min(poll_seconds, max(deadline - self._clock(), 0.0)))
+        raise DKDError(f"cannot create {k.kind} {ns}/{name}: it exists again after being replaced")
+
+    def _adopt(
+        self,
+        spec: ClusterSpec,
+        name: str,
+        replaced: bool,
+        deadline: float,
+        poll_seconds: float,
+        log: Log,
+    ) -> bool:
+        """A job named `name` exists: True to adopt it; False once a failed one of ours is
+        deleted (create it anew); `DKDError` when it is not ours."""
+        k, ns = self.kind, spec.namespace
+        try:
+            existing = self._get(ns, name)
+        except Exception as e:
+            if api_status(e) == 404:
+                return False  # gone in between: create it
+            raise DKDError(
+                f"{k.kind} {ns}/{name} exists and cannot be read: {api_error_message(e)}"
+            ) from e
+        problem = ownership_problem(existing, spec)
+        if problem is not None:
+            raise DKDError(
+                f"{k.kind} {ns}/{name} already exists and {problem}; not touching it: delete it "
+                f"(kubectl delete {k.plural}.{k.group} -n {ns} {name}) or pick another job name"
+            )
+        failed = true_condition(conditions_of(existing), k.failure)
+        if failed is None:
+            return True
+        if replaced:
+            raise DKDError(f"{k.kind} {ns}/{name} failed again right after being replaced")
+        why = ": ".join(str(failed[f]) for f in ("reason", "message") if failed.get(f))
+        log(
+            f"{k.kind} {ns}/{name} exists from an earlier attempt and failed "
+            f"({why or 'no message'}); deleting it to run the step again"
+        )
+        if not self._delete(ns, name, poll_seconds, log, propagation="Foreground"):
+            raise DKDError(f"cannot replace the failed {k.kind} {ns}/{name}: it cannot be deleted")
+        gone_by = min(deadline, self._clock() + _REPLACE_SECONDS)
+        while self._clock() < gone_by:  # Foreground: gone only once its pods are
+            try:
+                self._get(ns, name)
+            except Exception as e:
+                if api_status(e) == 404:
+                    return False
+                if not is_transient(e):
+                    raise DKDError(
+                        f"cannot read {k.kind} {ns}/{name}: {api_error_message(e)}"
+                    ) from e
+            self._sleep(min(poll_seconds, max(gone_by - self._clock(), 0.0)))
+        raise DKDError(
+            f"{k.kind} {ns}/{name} of an earlier attempt was not gone {_REPLACE_SECONDS} s after "
+            "its deletion (a finalizer?)"
+        )
 
     def _wait(
         self,
-        ns: str,
+        spec: ClusterSpec,
         name: str,
         deadline: float,
         timeout_seconds: float,
@@ -329,15 +499,13 @@ class ClusterLauncher:
         keep: bool,
         log: Log,
     ) -> None:
-        k = self.kind
+        k, ns = self.kind, spec.namespace
         conditions: list[Mapping[str, Any]] = []
         state: str | None = None
+        stuck_since: dict[str, float] = {}
         while True:
             try:
-                obj = self.api.get_namespaced_custom_object(
-                    k.group, k.version, ns, k.plural, name, _request_timeout=self.request_timeout
-                )
-                conditions = conditions_of(obj)
+                conditions = conditions_of(self._get(ns, name))
             except Exception as e:
                 if api_status(e) == 404:
                     raise DKDError(
@@ -354,7 +522,7 @@ class ClusterLauncher:
             else:
                 failed = true_condition(conditions, k.failure)
                 if failed is not None:
-                    raise DKDError(self._failure_message(ns, name, failed))
+                    raise DKDError(self._failure_message(spec, name, failed))
                 if true_condition(conditions, k.success) is not None:
                     log(f"{k.kind} {ns}/{name}: {k.success}")
                     return
@@ -364,12 +532,13 @@ class ClusterLauncher:
                     message = latest.get("message") if latest else None
                     log(f"{k.kind} {ns}/{name}: {now_state}" + (f": {message}" if message else ""))
                     state = now_state
+                self._check_pods(spec, name, stuck_since, log)
             remaining = deadline - self._clock()
             if remaining <= 0:
                 fate = (
-                    "it is kept (keep=True)"
+                    "it is kept (delete_after_done=False)"
                     if keep
-                    else "it is deleted now (pass keep=True to keep it)"
+                    else "it is deleted now (set delete_after_done=False to keep it)"
                 )
                 raise DKDError(
                     f"{k.kind} {ns}/{name} did not finish within the timeout of "
@@ -378,21 +547,62 @@ class ClusterLauncher:
                 )
             self._sleep(min(poll_seconds, remaining))
 
-    def _failure_message(self, ns: str, name: str, failed: Mapping[str, Any]) -> str:
-        k = self.kind
+    def _check_pods(
+        self, spec: ClusterSpec, name: str, stuck_since: dict[str, float], log: Log
+    ) -> None:
+        """Raise `DKDError` when a pod of the job has been stuck for the grace period.
+
+        `stuck_since` maps pod names to when they were first seen stuck. Errors
+        listing pods are logged and otherwise ignored: watching pods only
+        shortens the wait, the job's own conditions decide.
+        """
+        k, ns = self.kind, spec.namespace
+        selector = f"{k.pod_label}={name}"
+        try:
+            pods = self.pods.list_pods(ns, selector)
+        except Exception as e:
+            if api_status(e) is None and not is_transient(e):
+                raise
+            log(f"{k.kind} {ns}/{name}: cannot list its pods ({api_error_message(e)})")
+            return
+        now = self._clock()
+        seen = set()
+        for pod in pods:
+            stuck = stuck_reason(pod)
+            pod_name = pod.metadata.name
+            if stuck is None:
+                continue
+            seen.add(pod_name)
+            reason, message = stuck
+            since = stuck_since.setdefault(pod_name, now)
+            if since == now:
+                log(f"{k.kind} {ns}/{name}: pod {pod_name} is {reason}: {message}")
+            if now - since >= spec.stuck_pod_grace_seconds:
+                raise DKDError(
+                    f"{k.kind} {ns}/{name}: pod {pod_name} is stuck in {reason} for "
+                    f"{now - since:g} s ({message}); giving up instead of waiting for the "
+                    f"timeout (stuck_pod_grace_seconds={spec.stuck_pod_grace_seconds})"
+                )
+        for pod_name in set(stuck_since) - seen:  # recovered: start over if it sticks again
+            del stuck_since[pod_name]
+
+    def _failure_message(self, spec: ClusterSpec, name: str, failed: Mapping[str, Any]) -> str:
+        k, ns = self.kind, spec.namespace
         why = ": ".join(str(failed[f]) for f in ("reason", "message") if failed.get(f))
         selector = f"{k.pod_label}={name}"
-        reader = self._pod_logs if self._pod_logs is not None else KubePodLogs()
         try:
-            logs = reader(ns, selector, k.container)
+            logs = failing_pod_log(self.pods, ns, selector, k.container, spec.log_tail_lines)
         except Exception as e:
             logs = f"(could not read the pod log: {api_error_message(e)})"
         return (
             f"{k.kind} {ns}/{name} failed: {why or 'no message'}\n"
-            f"--- last {LOG_TAIL_LINES} log lines ({selector}) ---\n{logs.rstrip()}"
+            f"--- log of the failing pod ({selector}) ---\n{logs.rstrip()}"
         )
 
-    def _delete(self, ns: str, name: str, poll_seconds: float, log: Log) -> None:
+    def _delete(
+        self, ns: str, name: str, poll_seconds: float, log: Log, propagation: str = "Background"
+    ) -> bool:
+        """Delete the job; True when it is deleted or already gone, False after a warning."""
         k = self.kind
         for attempt in range(1, _DELETE_ATTEMPTS + 1):
             try:
@@ -402,17 +612,18 @@ class ClusterLauncher:
                     ns,
                     k.plural,
                     name,
-                    propagation_policy="Background",
+                    propagation_policy=propagation,
                     _request_timeout=self.request_timeout,
                 )
                 log(f"{k.kind} {ns}/{name} deleted")
-                return
+                return True
             except Exception as e:
                 if api_status(e) == 404:
-                    return  # already gone: fine
+                    return True  # already gone: fine
                 if is_transient(e) and attempt < _DELETE_ATTEMPTS:
                     self._sleep(min(poll_seconds, 5.0))
                     continue
                 # Never mask the outcome of the job (or the error in flight) with this one.
                 log(f"warning: could not delete {k.kind} {ns}/{name}: {api_error_message(e)}")
-                return
+                return False
+        return False

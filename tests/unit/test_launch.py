@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,33 +21,28 @@ from dkd_core.errors import DKDError
 from dkd_core.launch import (
     LAUNCHERS,
     ClusterSpec,
-    KubePodLogs,
+    KubePods,
     PyTorchJobLauncher,
     StepJob,
     TrainJobLauncher,
     job_name,
+    label_value,
     launch_step,
     local_command,
+    render_job,
     render_pytorchjob,
     render_trainjob,
     run_local,
     validate_name,
 )
-from dkd_core.launch.watch import pick_failing_pod
+from dkd_core.launch.watch import failing_pod_log, pick_failing_pod, stuck_reason
+from tools.lint_manifests import crd_validator
 
-SCHEMAS = Path(__file__).parents[1] / "schemas"
 REPO = Path(__file__).parents[2]
-
-
-def _validator(file: str) -> jsonschema.Draft7Validator:
-    schema = json.loads((SCHEMAS / file).read_text())
-    jsonschema.Draft7Validator.check_schema(schema)
-    # No format checker: int32/int64/date-time and int-or-string are OpenAPI formats.
-    return jsonschema.Draft7Validator(schema)
-
-
-PYTORCHJOB_SCHEMA = _validator("pytorchjob-v1.schema.json")
-TRAINJOB_SCHEMA = _validator("trainjob-v1alpha1.schema.json")
+SCHEMAS = REPO / "tests" / "schemas"
+# The CRDs' schemas with unknown fields rejected, as the API server does (strict_schema).
+PYTORCHJOB_SCHEMA = crd_validator("pytorchjob-v1.schema.json")
+TRAINJOB_SCHEMA = crd_validator("trainjob-v1alpha1.schema.json")
 
 
 def schema_errors(validator: jsonschema.Draft7Validator, manifest: dict) -> list[str]:
@@ -56,34 +52,8 @@ def schema_errors(validator: jsonschema.Draft7Validator, manifest: dict) -> list
     ]
 
 
-def unknown_fields(instance: Any, schema: dict, path: str = "") -> list[str]:
-    """Keys the API server would silently prune (the schemas allow unknown keys).
-
-    jsonschema accepts any extra key, so a misspelt field (`nprocPerNodes`) would
-    pass validation and be dropped by the API server; this walk catches it.
-    """
-    out: list[str] = []
-    if isinstance(instance, dict) and isinstance(schema, dict):
-        if schema.get("x-kubernetes-preserve-unknown-fields"):
-            return out
-        props = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for key, value in instance.items():
-            if props is not None and key in props:
-                out += unknown_fields(value, props[key], f"{path}/{key}")
-            elif isinstance(extra, dict):
-                out += unknown_fields(value, extra, f"{path}/{key}")
-            elif props is not None:
-                out.append(f"{path}/{key}")
-    elif isinstance(instance, list) and isinstance(schema.get("items"), dict):
-        for i, item in enumerate(instance):
-            out += unknown_fields(item, schema["items"], f"{path}/{i}")
-    return out
-
-
 def assert_valid(validator: jsonschema.Draft7Validator, manifest: dict) -> None:
     assert schema_errors(validator, manifest) == []
-    assert unknown_fields(manifest, validator.schema) == []
     # What the API receives is JSON: the manifest must survive the round trip.
     assert json.loads(json.dumps(manifest)) == manifest
 
@@ -259,22 +229,33 @@ def test_pytorchjob_manifest_is_valid_and_complete(gpus, nodes):
             assert res["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}
         else:
             assert "nvidia.com/gpu" not in res["limits"]
-        assert c["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
-        assert pod["volumes"] == [
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+        assert c["volumeMounts"] == [
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
         ]
+        assert pod["volumes"] == [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "100Gi"}},
+        ]
+        assert pod["automountServiceAccountToken"] is False
         # Secret keys mapped to the variable names the store reads (KFP's Secret style).
         assert "envFrom" not in c
         env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
         assert env == {
             "PYTHONUNBUFFERED": "1",
+            "HOME": "/tmp",
             "S3_ENDPOINT": "http://minio:9000",
             "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "dkd-s3", "key": "accesskey"}},
             "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "dkd-s3", "key": "secretkey"}},
         }
         sc = c["securityContext"]
         assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
-        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
         assert pod["serviceAccountName"] == "dkd-runner"
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -288,7 +269,17 @@ def test_pytorchjob_takes_a_whole_secret_without_a_key_mapping():
 
 
 def test_pytorchjob_minimal_spec_omits_unset_fields():
-    spec = ClusterSpec(namespace="default", image="dkd:dev", ttl_seconds_after_finished=None)
+    spec = ClusterSpec.from_params(
+        {
+            "namespace": "default",
+            "image": "dkd:dev",
+            "ttl_seconds_after_finished": "",
+            "cpu_request": "",
+            "memory_request": None,
+            "memory_limit": "",
+            "tolerations": [],
+        }
+    )
     m = render_pytorchjob(StepJob(name="dkd-a", config_uri="c.yaml", step=0), spec)
     assert_valid(PYTORCHJOB_SCHEMA, m)
     pod = m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
@@ -312,8 +303,11 @@ def test_schema_check_catches_broken_manifests():
     assert schema_errors(PYTORCHJOB_SCHEMA, m)
 
     m = render_pytorchjob(make_job(), make_spec())
-    m["spec"]["nprocPerNodes"] = "1"  # a typo the API server would prune
-    assert unknown_fields(m, PYTORCHJOB_SCHEMA.schema) == ["/spec/nprocPerNodes"]
+    m["spec"]["nprocPerNodes"] = "1"  # a typo the API server would refuse (or prune)
+    assert any("nprocPerNodes" in e for e in schema_errors(PYTORCHJOB_SCHEMA, m))
+    m = render_pytorchjob(make_job(), make_spec())
+    m["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["portz"] = []
+    assert any("portz" in e for e in schema_errors(PYTORCHJOB_SCHEMA, m))
 
     t = render_trainjob(make_job(), make_spec())
     t["spec"]["trainer"]["numProcPerNode"] = "2"  # int32 in release 2.3
@@ -344,7 +338,7 @@ def test_trainjob_manifest_is_valid_and_complete(gpus, nodes):
     assert m["metadata"]["labels"]["dkd-run"] == "voc-15-1"
     s = m["spec"]
     assert s["runtimeRef"] == {
-        "name": "torch-distributed",
+        "name": "dkd-torch-distributed",
         "kind": "ClusterTrainingRuntime",
         "apiGroup": "trainer.kubeflow.org",
     }
@@ -366,11 +360,17 @@ def test_trainjob_manifest_is_valid_and_complete(gpus, nodes):
     assert rjob["name"] == "node"
     pod = rjob["template"]["spec"]["template"]["spec"]
     assert pod["volumes"] == [
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "100Gi"}},
     ]
     [c] = pod["containers"]
     assert c["name"] == "node"
-    assert c["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert c["volumeMounts"] == [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["serviceAccountName"] == "dkd-runner"
     assert pod["tolerations"][0]["operator"] == "Exists"
@@ -433,10 +433,14 @@ def cond(ctype: str, status: str = "True", message: str = "") -> dict[str, str]:
 class FakeApi:
     """CustomObjectsApi stand-in: replays scripted statuses (or raises scripted errors)."""
 
-    def __init__(self, script: list, create_errors: list | None = None, delete_error=None):
+    def __init__(
+        self, script: list, create_errors: list | None = None, delete_error=None, labels=None
+    ):
         self.script = script
         self.create_errors = list(create_errors or [])
         self.delete_error = delete_error
+        # Labels of the job the API returns (that of an earlier attempt, after a 409).
+        self.labels = make_spec().all_labels() if labels is None else labels
         self.created: list[tuple] = []
         self.deleted: list[tuple] = []
         self.gets = 0
@@ -452,21 +456,66 @@ class FakeApi:
         self.gets += 1
         if isinstance(item, BaseException):
             raise item
-        return {"metadata": {"name": name}, "status": {"conditions": item}}
+        return {"metadata": {"name": name, "labels": self.labels}, "status": {"conditions": item}}
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
         self.deleted.append((group, version, namespace, plural, name))
+        self.delete_kw = kw
         if self.delete_error is not None:
             raise self.delete_error
 
 
-class FakePodLogs:
-    def __init__(self, text: str = "epoch 3 loss 0.52\nRuntimeError: CUDA out of memory"):
-        self.text = text
-        self.calls: list[tuple[str, str, str]] = []
+def fake_pod(
+    name: str,
+    phase: str = "Running",
+    exit_code: int | None = None,
+    last_exit: int | None = None,
+    container: str = "pytorch",
+    waiting: tuple[str, str] | None = None,
+    unschedulable: str | None = None,
+) -> SimpleNamespace:
+    """A V1Pod look-alike: the attributes the launcher reads."""
+    term = SimpleNamespace(exit_code=exit_code) if exit_code is not None else None
+    last = SimpleNamespace(exit_code=last_exit) if last_exit is not None else None
+    wait = SimpleNamespace(reason=waiting[0], message=waiting[1]) if waiting else None
+    cs = SimpleNamespace(
+        name=container,
+        state=SimpleNamespace(terminated=term, waiting=wait),
+        last_state=SimpleNamespace(terminated=last),
+    )
+    conditions = []
+    if unschedulable is not None:
+        conditions.append(
+            SimpleNamespace(
+                type="PodScheduled", status="False", reason="Unschedulable", message=unschedulable
+            )
+        )
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, deletion_timestamp=None),
+        status=SimpleNamespace(
+            phase=phase, container_statuses=[cs], init_container_statuses=[], conditions=conditions
+        ),
+    )
 
-    def __call__(self, namespace: str, selector: str, container: str) -> str:
-        self.calls.append((namespace, selector, container))
+
+class FakePods:
+    """PodsAPI stand-in: replays scripted pod lists (the last one repeats), serves one log."""
+
+    def __init__(self, script: list | None = None, text: str | None = None):
+        self.script = script or [[fake_pod("p-0")]]
+        self.text = text or "epoch 3 loss 0.52\nRuntimeError: CUDA out of memory"
+        self.lists: list[tuple[str, str]] = []
+        self.reads: list[tuple] = []
+
+    def list_pods(self, namespace: str, selector: str):
+        item = self.script[min(len(self.lists), len(self.script) - 1)]
+        self.lists.append((namespace, selector))
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def read_log(self, namespace, pod, container, tail_lines, previous):
+        self.reads.append((namespace, pod, container, tail_lines, previous))
         return self.text
 
 
@@ -476,17 +525,17 @@ KINDS = [
 ]
 
 
-def run_launch(launcher_cls, script, *, timeout=3600.0, keep=False, **api_kw):
-    api, logs, clock, lines = FakeApi(script, **api_kw), FakePodLogs(), FakeClock(), []
-    launcher = launcher_cls(api, logs, clock=clock, sleep=clock.sleep)
+def run_launch(launcher_cls, script, *, timeout=3600.0, keep=False, pods=None, spec=None, **api_kw):
+    api, pods, clock, lines = FakeApi(script, **api_kw), pods or FakePods(), FakeClock(), []
+    launcher = launcher_cls(api, pods, clock=clock, sleep=clock.sleep)
     error = None
     try:
         launcher.launch(
-            make_job(), make_spec(), timeout, poll_seconds=10, keep=keep, log=lines.append
+            make_job(), spec or make_spec(), timeout, poll_seconds=10, keep=keep, log=lines.append
         )
     except DKDError as e:
         error = e
-    return SimpleNamespace(api=api, logs=logs, clock=clock, lines=lines, error=error)
+    return SimpleNamespace(api=api, pods=pods, clock=clock, lines=lines, error=error)
 
 
 @pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
@@ -508,7 +557,7 @@ def test_created_running_done_returns_and_deletes(launcher_cls, done):
     assert r.api.gets == 4 and r.clock.elapsed == 30
     assert r.api.deleted == [(kind.group, kind.version, "dkd", kind.plural, "dkd-voc-15-1-step-3")]
     assert any("Running=True" in line for line in r.lines)
-    assert r.logs.calls == []
+    assert r.pods.reads == []
 
 
 @pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
@@ -540,7 +589,8 @@ def test_failed_raises_with_message_and_pod_log_and_deletes(launcher_cls, done):
     assert "failed" in text and "Master exited 1" in text
     assert "epoch 3 loss 0.52" in text and "CUDA out of memory" in text
     kind = launcher_cls.kind
-    assert r.logs.calls == [("dkd", f"{kind.pod_label}=dkd-voc-15-1-step-3", kind.container)]
+    assert r.pods.lists[-1] == ("dkd", f"{kind.pod_label}=dkd-voc-15-1-step-3")
+    assert r.pods.reads == [("dkd", "p-0", kind.container, 500, False)]
     assert len(r.api.deleted) == 1
 
 
@@ -622,8 +672,6 @@ def test_deleting_a_job_that_is_already_gone_is_fine(launcher_cls, done):
 
 @pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
 def test_creation_errors(launcher_cls, done):
-    r = run_launch(launcher_cls, [[cond(done)]], create_errors=[ApiException(status=409)])
-    assert "already exists" in str(r.error) and r.api.deleted == []  # not ours to delete
     r = run_launch(launcher_cls, [[cond(done)]], create_errors=[ApiException(status=404)])
     assert "CRD installed" in str(r.error)
     r = run_launch(launcher_cls, [[cond(done)]], create_errors=[ApiException(status=503)] * 2)
@@ -660,7 +708,7 @@ def test_pick_failing_pod_prefers_the_failed_container():
     assert pick_failing_pod([pod("m"), pod("w")], "pytorch") == ("m", False)
 
 
-def test_kube_pod_logs_reads_the_failing_pod():
+def test_kube_pods_reads_the_failing_pods_log():
     class Core:
         def __init__(self):
             self.read = None
@@ -680,9 +728,10 @@ def test_kube_pod_logs_reads_the_failing_pod():
             return "Traceback ...\nValueError: bad\n"
 
     core = Core()
-    text = KubePodLogs(core)("ns", "training.kubeflow.org/job-name=j", "pytorch")
-    assert "ValueError: bad" in text and "j-worker-0" in text
-    assert core.read == ("j-worker-0", "ns", "pytorch", 50, False)
+    selector = "training.kubeflow.org/job-name=j"
+    text = failing_pod_log(KubePods(core), "ns", selector, "pytorch", tail_lines=500)
+    assert "ValueError: bad" in text and "j-worker-0" in text and "last 500 lines" in text
+    assert core.read == ("j-worker-0", "ns", "pytorch", 500, False)
 
 
 # -- launch_step ----------------------------------------------------------------------------
@@ -765,8 +814,10 @@ def test_run_local_failure_reports_exit_code_and_last_lines():
 @pytest.mark.parametrize(
     ("file", "source"),
     [
-        ("pytorchjob-v1.schema.json", "release-1.9"),
-        ("trainjob-v1alpha1.schema.json", "release-2.3"),
+        ("pytorchjob-v1.schema.json", "kubeflow/trainer v1.9.4 "),
+        ("trainjob-v1alpha1.schema.json", "kubeflow/trainer v2.3.0 "),
+        ("clustertrainingruntime-v1alpha1.schema.json", "kubeflow/trainer v2.3.0 "),
+        ("podmonitor-v1.schema.json", "prometheus-operator/prometheus-operator v0.91.0 "),
     ],
 )
 def test_schema_files_name_their_source_and_stay_small(file, source):
@@ -774,6 +825,13 @@ def test_schema_files_name_their_source_and_stay_small(file, source):
     assert path.stat().st_size < 1_500_000
     comment = json.loads(path.read_text())["$comment"]
     assert source in comment and "Apache-2.0" in comment and ".yaml" in comment
+    # Every schema there is a real CRD's (no hand-written subsets).
+    assert {p.name for p in SCHEMAS.glob("*.json")} == {
+        "pytorchjob-v1.schema.json",
+        "trainjob-v1alpha1.schema.json",
+        "clustertrainingruntime-v1alpha1.schema.json",
+        "podmonitor-v1.schema.json",
+    }
 
 
 def test_step_job_passes_pipeline_locations_to_train():
@@ -818,7 +876,7 @@ def test_sigterm_while_waiting_deletes_the_job(launcher_cls, done):
 
     before = signal.getsignal(signal.SIGTERM)
     api, clock = FakeApi([[cond("Running")]]), CancelledClock()
-    launcher = launcher_cls(api, FakePodLogs(), clock=clock, sleep=clock.sleep)
+    launcher = launcher_cls(api, FakePods(), clock=clock, sleep=clock.sleep)
     with pytest.raises(DKDError, match=r"cancelled \(SIGTERM\)"):
         launcher.launch(make_job(), make_spec(), 3600.0, poll_seconds=10, log=lambda line: None)
     assert len(api.deleted) == 1
@@ -845,3 +903,286 @@ def test_rendering_jobs_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
+
+
+# -- retries: a job of the same name exists (create answers 409) --------------------------
+
+
+def conflict() -> ApiException:
+    return ApiException(status=409, reason="Conflict")
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_retry_adopts_the_running_job_of_an_earlier_attempt(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [[cond("Running")], [cond("Running")], [cond(done)]],
+        create_errors=[conflict()],
+    )
+    assert r.error is None
+    assert r.api.created == []  # nothing new: the earlier attempt's job is waited on
+    assert r.api.gets == 3  # one to check it is ours, then the wait loop
+    assert any("exists from an earlier attempt: adopted" in line for line in r.lines)
+    assert len(r.api.deleted) == 1  # ours now: deleted once done
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_job_of_another_run_or_owner_is_not_adopted_nor_deleted(launcher_cls, done):
+    spec = make_spec(kfp_run_id="run-b")
+    r = run_launch(
+        launcher_cls,
+        [[cond("Running")]],
+        create_errors=[conflict()],
+        labels={**make_spec().all_labels(), "dkd-k8s.github.io/kfp-run-id": "run-a"},
+        spec=spec,
+    )
+    assert "belongs to another pipeline run" in str(r.error) and "run-a" in str(r.error)
+    assert r.api.deleted == []
+    r = run_launch(launcher_cls, [[cond("Running")]], create_errors=[conflict()], labels={})
+    assert "not created by dkd_core.launch" in str(r.error) and r.api.deleted == []
+    assert "kubectl delete" in str(r.error)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_retry_replaces_a_failed_job_of_an_earlier_attempt(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [
+            [cond("Failed", message="OOMKilled")],  # the earlier attempt's job
+            [cond("Failed", message="OOMKilled")],  # still there while its pods go
+            ApiException(status=404, reason="Not Found"),  # gone
+            [cond("Running")],  # the new job
+            [cond(done)],
+        ],
+        create_errors=[conflict()],
+    )
+    assert r.error is None
+    assert len(r.api.created) == 1 and len(r.api.deleted) == 2
+    assert any("failed (JobFailed: OOMKilled); deleting it" in line for line in r.lines)
+
+
+def test_create_that_reached_the_server_is_adopted_after_a_transient_error():
+    r = run_launch(
+        PyTorchJobLauncher,
+        [[cond("Succeeded")]],
+        create_errors=[ApiException(status=503), conflict()],
+    )
+    assert r.error is None and r.api.created == [] and len(r.api.deleted) == 1
+
+
+def test_create_asks_the_server_to_refuse_unknown_fields():
+    class Recording(FakeApi):
+        def create_namespaced_custom_object(self, *args, **kw):
+            self.create_kw = kw
+            return super().create_namespaced_custom_object(*args, **kw)
+
+    api = Recording([[cond("Succeeded")]])
+    PyTorchJobLauncher(api, FakePods()).launch(make_job(), make_spec(), 60, log=lambda _: None)
+    assert api.create_kw["field_validation"] == "Strict"
+
+
+# -- stuck pods fail fast -------------------------------------------------------------------
+
+
+STUCK = [
+    pytest.param(
+        fake_pod("p-0", "Pending", waiting=("ImagePullBackOff", 'Back-off pulling image "x"')),
+        "ImagePullBackOff",
+        'Back-off pulling image "x"',
+        id="ImagePullBackOff",
+    ),
+    pytest.param(
+        fake_pod("p-0", "Pending", waiting=("ErrImagePull", "manifest unknown")),
+        "ErrImagePull",
+        "manifest unknown",
+        id="ErrImagePull",
+    ),
+    pytest.param(
+        fake_pod(
+            "p-0",
+            "Pending",
+            waiting=("CreateContainerConfigError", 'secret "dkd-s3" not found'),
+        ),
+        "CreateContainerConfigError",
+        'secret "dkd-s3" not found',
+        id="CreateContainerConfigError",
+    ),
+    pytest.param(
+        fake_pod("p-0", "Pending", unschedulable="0/3 nodes are available: 3 Insufficient gpu."),
+        "Unschedulable",
+        "0/3 nodes are available: 3 Insufficient gpu.",
+        id="Unschedulable",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pod", "reason", "message"), STUCK)
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_stuck_pod_fails_the_step_after_the_grace_period(
+    launcher_cls, done, pod, reason, message
+):
+    r = run_launch(
+        launcher_cls,
+        [[cond("Created")]],
+        pods=FakePods([[pod]]),
+        spec=make_spec(stuck_pod_grace_seconds=120),
+        timeout=48 * 3600.0,
+    )
+    text = str(r.error)
+    assert f"pod p-0 is stuck in {reason} for 120 s" in text and message in text
+    assert "stuck_pod_grace_seconds=120" in text
+    assert r.clock.elapsed == 120  # minutes, not the 48 h timeout
+    assert len(r.api.deleted) == 1  # and its GPUs are released
+    assert stuck_reason(pod) == (
+        reason,
+        message if reason == "Unschedulable" else f"container pytorch: {message}",
+    )
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_pod_that_recovers_within_the_grace_period_is_waited_for(launcher_cls, done):
+    pulling = fake_pod("p-0", "Pending", waiting=("ErrImagePull", "timeout"))
+    r = run_launch(
+        launcher_cls,
+        [[cond("Created")]] * 20 + [[cond(done)]],
+        pods=FakePods([[pulling]] * 5 + [[fake_pod("p-0")]] * 3 + [[pulling]] * 5 + [[]]),
+        spec=make_spec(stuck_pod_grace_seconds=60),
+    )
+    assert r.error is None  # stuck 40 s, recovered, stuck 40 s again: never 60 s in a row
+    assert not any("ContainerCreating" in line for line in r.lines)
+    assert sum("pod p-0 is ErrImagePull" in line for line in r.lines) == 2
+
+
+def test_pods_that_are_only_waiting_are_not_stuck():
+    assert stuck_reason(fake_pod("p", "Pending", waiting=("ContainerCreating", ""))) is None
+    assert stuck_reason(fake_pod("p")) is None
+    gone = fake_pod("p", waiting=("ImagePullBackOff", "x"))
+    gone.metadata.deletion_timestamp = "2026-01-01T00:00:00Z"
+    assert stuck_reason(gone) is None
+
+
+def test_listing_pods_may_fail_without_failing_the_step():
+    r = run_launch(
+        PyTorchJobLauncher,
+        [[cond("Running")], [cond("Succeeded")]],
+        pods=FakePods([ApiException(status=403, reason="Forbidden")]),
+    )
+    assert r.error is None and any("cannot list its pods" in line for line in r.lines)
+
+
+# -- delete_after_done, log tail ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_delete_after_done_false_keeps_finished_and_failed_jobs(launcher_cls, done):
+    spec = make_spec(delete_after_done=False)
+    r = run_launch(launcher_cls, [[cond(done)]], spec=spec)
+    assert r.error is None and r.api.deleted == []
+    assert any("kept for inspection; remove it with kubectl delete" in line for line in r.lines)
+    r = run_launch(launcher_cls, [[cond("Failed", message="boom")]], spec=spec)
+    assert "boom" in str(r.error) and r.api.deleted == []
+
+
+def test_a_failure_reports_the_configured_number_of_log_lines():
+    pods = FakePods(text="\n".join(f"line {i}" for i in range(700)))
+    r = run_launch(
+        PyTorchJobLauncher,
+        [[cond("Failed", message="exit 1")]],
+        pods=pods,
+        spec=make_spec(log_tail_lines=650),
+    )
+    assert pods.reads[0][3] == 650 and "last 650 lines" in str(r.error)
+    assert ClusterSpec(namespace="a", image="b").log_tail_lines == 500
+
+
+# -- labels of the pipeline run ---------------------------------------------------------------
+
+
+def test_jobs_and_pods_carry_the_pipeline_run_and_pod():
+    pod_name = "voc-15-1-pipeline-abcde-system-container-impl-" + "9" * 30
+    spec = make_spec(kfp_run_id="6f1d4c2e-7a4b-4e0f-9c7b-1d2e3f4a5b6c", kfp_pod_name=pod_name)
+    for m in (render_pytorchjob(make_job(nodes=2), spec), render_trainjob(make_job(), spec)):
+        labels = m["metadata"]["labels"]
+        assert labels["dkd-k8s.github.io/kfp-run-id"] == "6f1d4c2e-7a4b-4e0f-9c7b-1d2e3f4a5b6c"
+        assert len(labels["dkd-k8s.github.io/kfp-pod-name"]) == 63
+        assert labels["dkd-k8s.github.io/kfp-pod-name"].startswith("voc-15-1-pipeline-")
+        if m["kind"] == "PyTorchJob":
+            pods = [r["template"] for r in m["spec"]["pytorchReplicaSpecs"].values()]
+        else:
+            [patch] = m["spec"]["runtimePatches"]
+            [rjob] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+            pods = [rjob["template"]["spec"]["template"]]
+        for pod in pods:
+            assert pod["metadata"]["labels"] == labels
+    assert label_value("a/b:c d") == "a-b-c-d"
+    assert label_value("x" * 80) != label_value("x" * 81)
+
+
+# -- ClusterSpec.from_params and render_job ---------------------------------------------------
+
+
+def test_from_params_takes_plain_json_values():
+    spec = ClusterSpec.from_params(
+        {
+            "namespace": "team-a",
+            "image": "registry.example/dkd:1",
+            "gpus_per_pod": "4",
+            "cpu_limit": "",
+            "memory_limit": "64Gi",
+            "node_selector": '{"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}',
+            "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "labels": {"team": "seg"},
+            "env": [["NCCL_DEBUG", "INFO"]],
+            "s3_secret": "kfp-s3",
+            "s3_secret_env": {"AWS_ACCESS_KEY_ID": "accesskey"},
+            "delete_after_done": "false",
+            "stuck_pod_grace_seconds": 600,
+            "kfp_run_id": "run-1",
+        }
+    )
+    assert spec.gpus_per_pod == 4 and spec.cpu_limit is None and spec.delete_after_done is False
+    assert spec.node_selector == (("cloud.google.com/gke-accelerator", "nvidia-h100-80gb"),)
+    assert spec.tolerations == ({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},)
+    assert spec.env == (("NCCL_DEBUG", "INFO"),) and spec.labels == (("team", "seg"),)
+    assert spec.stuck_pod_grace_seconds == 600
+    assert ClusterSpec.from_params({"namespace": "a", "image": "b"}) == ClusterSpec("a", "b")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"gpus_per_pod": "four"}, "cluster spec parameter gpus_per_pod: expected an integer"),
+        ({"delete_after_done": "maybe"}, "delete_after_done: expected true or false"),
+        ({"node_selector": "{nope"}, "node_selector: not valid JSON"),
+        ({"node_selector": ["a"]}, "node_selector: expected an object"),
+        ({"tolerations": {"key": "x"}}, "tolerations: expected a list of toleration objects"),
+        ({"env": {"A": {"b": 1}}}, "env: 'A'"),
+        ({"gpu_per_pod": 4}, "unknown 'gpu_per_pod'"),
+        ({"memory_limit": "32 GB"}, "memory_limit '32 GB' is not a Kubernetes quantity"),
+        ({"log_tail_lines": 0}, "log_tail_lines must be an integer >= 1"),
+        ({"trainjob_runtime": "Torch_Runtime"}, "trainjob_runtime 'Torch_Runtime'"),
+    ],
+)
+def test_from_params_errors_are_one_line_naming_the_field(params, message):
+    with pytest.raises(DKDError) as info:
+        ClusterSpec.from_params({"namespace": "a", "image": "b", **params})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_render_job_returns_what_the_launchers_create():
+    job, spec = make_job(nodes=2, nproc=4), make_spec(gpus=4)
+    for kind, launcher_cls, done in (
+        ("pytorchjob", PyTorchJobLauncher, "Succeeded"),
+        ("trainjob", TrainJobLauncher, "Complete"),
+    ):
+        api = FakeApi([[cond(done)]])
+        launcher_cls(api, FakePods()).launch(job, spec, 60, log=lambda _: None)
+        assert api.created[0][4] == render_job(job, spec, kind)
+    with pytest.raises(DKDError, match="unknown job kind 'slurm'"):
+        render_job(job, spec, "slurm")
+    assert (
+        render_job(job, replace(spec, trainjob_runtime="rt"), "trainjob")["spec"]["runtimeRef"][
+            "name"
+        ]
+        == "rt"
+    )

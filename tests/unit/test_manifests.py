@@ -1,59 +1,55 @@
-"""k8s/: every overlay renders and validates, and the deployment keeps its promises.
+"""k8s/: every kustomization renders and validates, and the deployment keeps its promises.
 
-Rendered with tools/kustomize_lite.py (no kustomize binary needed; compared with
-`kubectl kustomize` when kubectl is installed). Built-in objects are validated against the
-Kubernetes 1.37 OpenAPI schemas in strict mode, custom resources against their CRD schemas
-(tests/schemas). Then: RBAC is exactly what the launchers need, no Secret carries a real
-value, every container runs as non-root without privilege escalation, the example PyTorchJob
-agrees with what dkd_core.launch renders, and the Grafana dashboard only queries metrics that
-dkd_core.metrics exports (or DCGM's).
+Rendered with `kubectl kustomize` (tools/lint_manifests.render; skipped with a reason where
+kubectl is missing, CI has it). Built-in objects are validated against the Kubernetes 1.37
+OpenAPI schemas in strict mode, custom resources against the real CRD schemas at the versions
+we pin (tests/schemas), unknown fields rejected. Then: RBAC is exactly what the launchers call,
+no Secret carries a real value, every container runs as non-root without privilege escalation,
+the files generated from dkd_core.launch (PodTemplate, example jobs) are up to date, our
+ClusterTrainingRuntime gives TrainJob pods what the PodMonitor scrapes, and the Grafana
+dashboard only queries metrics that dkd_core.metrics exports (or DCGM's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from dkd_core.launch.cluster import BASE_LABELS, ClusterSpec
-from dkd_core.launch.job import StepJob, job_name
-from dkd_core.launch.pytorchjob import render_pytorchjob
-from tools import kustomize_lite
-from tools.kustomize_lite import KustomizeError
+from dkd_core.launch.cluster import BASE_LABELS, DEFAULT_RUNTIME, KFP_RUN_ID_LABEL, ClusterSpec
+from tools import gen_manifests, lint_manifests
+from tools.lint_manifests import CRD_SCHEMAS
 
 REPO = Path(__file__).parents[2]
 K8S = REPO / "k8s"
-SCHEMAS = REPO / "tests" / "schemas"
-KUBERNETES_VERSION = "1.37.0"
+KUBERNETES_VERSION = lint_manifests.KUBERNETES_VERSION
 OVERLAYS = {"minio": "dkd", "kfp-object-store": "kubeflow", "kind": "kubeflow"}
+RUNTIME_DIR = K8S / "base" / "trainer-runtime"
 EXAMPLE = K8S / "base" / "pytorchjob-example.yaml"
+TRAINJOB_EXAMPLE = K8S / "base" / "trainjob-example.yaml"
 DASHBOARD = K8S / "monitoring" / "dashboard.json"
 SECRET_TEMPLATE = K8S / "base" / "minio" / "credentials-secret.template.yaml"
 PLACEHOLDER = "CHANGE_ME"
 
-CRD_SCHEMAS = {
-    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob-v1.schema.json",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-v1.subset.schema.json",
-}
-#: The Role's rules, as (apiGroup, resource, verb): exactly what dkd_core.launch calls.
+#: The Role's rules, as (apiGroup, resource, verb): exactly what dkd_core.launch calls
+#: (test_role_grants_exactly_the_calls_the_launchers_make records them).
 ROLE_RULES = {
     *(
         (g, r, v)
         for g, r in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"))
-        for v in ("create", "get", "list", "watch", "delete")
+        for v in ("create", "get", "delete")
     ),
-    *(("", "pods", v) for v in ("get", "list", "watch")),
+    ("", "pods", "list"),
     ("", "pods/log", "get"),
 }
 QUANTITY = re.compile(
@@ -66,8 +62,18 @@ QUANTITY = re.compile(
 
 
 @cache
+def _render(directory: Path) -> tuple[dict[str, Any], ...]:
+    return tuple(lint_manifests.render(directory))
+
+
+def render(directory: Path) -> tuple[dict[str, Any], ...]:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed: manifests are rendered with `kubectl kustomize`")
+    return _render(directory)
+
+
 def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
-    return tuple(kustomize_lite.build(K8S / "overlays" / overlay))
+    return render(K8S / "overlays" / overlay)
 
 
 def all_objects() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -76,25 +82,27 @@ def all_objects() -> Iterator[tuple[str, dict[str, Any]]]:
             yield overlay, obj
 
 
-def example() -> dict[str, Any]:
-    (doc,) = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+def load_one(path: Path) -> dict[str, Any]:
+    (doc,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
     return doc
 
 
-@cache
-def crd_validator(schema_file: str) -> jsonschema.Draft7Validator:
-    schema = json.loads((SCHEMAS / schema_file).read_text())
-    jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)  # no format checker: OpenAPI formats
+def example() -> dict[str, Any]:
+    return load_one(EXAMPLE)
 
 
 def name_of(obj: dict[str, Any]) -> str:
     return f"{obj['kind']}/{obj['metadata']['name']}"
 
 
+def crd_errors(obj: dict[str, Any]) -> list[str]:
+    return lint_manifests.validate_custom(obj)
+
+
 def test_every_overlay_is_tested() -> None:
     found = {d.name for d in (K8S / "overlays").iterdir() if (d / "kustomization.yaml").is_file()}
     assert found == set(OVERLAYS)
+    assert RUNTIME_DIR in lint_manifests.kustomizations()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -120,30 +128,47 @@ def test_custom_resources_pass_their_crd_schemas(overlay: str) -> None:
     custom = [o for o in rendered(overlay) if (o["apiVersion"], o["kind"]) in CRD_SCHEMAS]
     assert {o["kind"] for o in custom} == {"PodMonitor"}
     for obj in custom:
-        validator = crd_validator(CRD_SCHEMAS[(obj["apiVersion"], obj["kind"])])
-        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
-        assert errors == [], name_of(obj)
+        assert crd_errors(obj) == [], name_of(obj)
 
 
-def test_podmonitor_subset_schema_rejects_mistakes() -> None:
-    validator = crd_validator("podmonitor-v1.subset.schema.json")
+def test_the_real_podmonitor_crd_rejects_mistakes() -> None:
+    """The schema is prometheus-operator v0.91.0's own, closed against unknown fields."""
     (good,) = [o for o in rendered("minio") if o["kind"] == "PodMonitor"]
-    assert validator.is_valid(good)
+    assert crd_errors(good) == []
     for path, value in (
         (("spec", "podMetricsEndpoints", 0, "intervall"), "15s"),  # misspelt field
         (("spec", "podMetricsEndpoints", 0, "interval"), "15 seconds"),
         (("spec", "podMetricsEndpoints", 0, "scheme"), "ftp"),
         (("spec", "selector", "matchLabel"), {}),
+        (("spec", "podTargetLabel"), []),
     ):
         bad = json.loads(json.dumps(good))
         node = bad
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
-        assert not validator.is_valid(bad), path
+        assert crd_errors(bad), path
     no_selector = json.loads(json.dumps(good))
     del no_selector["spec"]["selector"]
-    assert not validator.is_valid(no_selector)
+    assert crd_errors(no_selector)
+
+
+def test_strict_schema_closes_objects_but_not_maps() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                     "properties": {"a": {"type": "string"}}},
+            "spec": {"type": "object", "properties": {"a": {"type": "string"}}},
+        },
+    }  # fmt: skip
+    strict = lint_manifests.strict_schema(schema)
+    assert strict["additionalProperties"] is False
+    assert strict["properties"]["spec"]["additionalProperties"] is False
+    assert strict["properties"]["labels"]["additionalProperties"] == {"type": "string"}
+    assert "additionalProperties" not in strict["properties"]["free"]
+    assert "additionalProperties" not in schema  # the original is left alone
 
 
 def test_unknown_kinds_are_not_silently_skipped() -> None:
@@ -154,20 +179,13 @@ def test_unknown_kinds_are_not_silently_skipped() -> None:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_lite_renderer_matches_kubectl_kustomize(overlay: str) -> None:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0 and "unknown command" in out.stderr:
-        pytest.skip("this kubectl has no kustomize")
-    assert out.returncode == 0, out.stderr
-    reference = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert list(rendered(overlay)) == reference
+def test_lint_manifests_passes_and_names_a_missing_kubectl(monkeypatch, capsys) -> None:
+    render(RUNTIME_DIR)  # skips without kubectl
+    assert lint_manifests.main([]) == 0
+    monkeypatch.setattr(lint_manifests.shutil, "which", lambda name: None)
+    with pytest.raises(lint_manifests.ManifestError, match="kubectl not found"):
+        lint_manifests.render(RUNTIME_DIR)
+    assert not (REPO / "tools" / "kustomize_lite.py").exists()
 
 
 # -- the pieces of each overlay ------------------------------------------------------------
@@ -271,6 +289,85 @@ def test_rbac_is_exactly_the_launchers_needs(overlay: str) -> None:
     # ... and KFP's own account, under which the pipeline steps run.
     assert ("ServiceAccount", "pipeline-runner", "kubeflow") in subjects
     assert all(kind == "ServiceAccount" and ns for kind, _, ns in subjects)
+
+
+class RecordingApi:
+    """Records (apiGroup, resource, verb) of every call a launcher makes; answers from a script."""
+
+    def __init__(self, calls: set, script: list) -> None:
+        self.calls, self.script = calls, list(script)
+
+    def _answer(self, group: str, plural: str, verb: str) -> Any:
+        self.calls.add((group, plural, verb))
+        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kw):
+        return self._answer(group, plural, "create")
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
+        return self._answer(group, plural, "get")
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
+        self.calls.add((group, plural, "delete"))
+
+
+class RecordingCore:
+    """CoreV1Api stand-in for KubePods: records pod calls, returns one failed pod."""
+
+    def __init__(self, calls: set) -> None:
+        self.calls = calls
+
+    def list_namespaced_pod(self, namespace, label_selector, **kw):
+        from types import SimpleNamespace as NS
+
+        self.calls.add(("", "pods", "list"))
+        term = NS(terminated=NS(exit_code=1), waiting=None)
+        cs = NS(name="pytorch", state=term, last_state=None)
+        cs_node = NS(name="node", state=term, last_state=None)
+        pod = NS(
+            metadata=NS(name="p", deletion_timestamp=None),
+            status=NS(phase="Failed", container_statuses=[cs, cs_node], conditions=[]),
+        )
+        return NS(items=[pod])
+
+    def read_namespaced_pod_log(self, name, namespace, **kw):
+        self.calls.add(("", "pods/log", "get"))
+        return "Traceback ..."
+
+
+def test_role_grants_exactly_the_calls_the_launchers_make() -> None:
+    """Run both launchers through success, failure (log read) and a retry's 409 with the
+    real KubePods over recording fakes: the calls made are the Role's rules, no more."""
+    from kubernetes.client.exceptions import ApiException
+
+    from dkd_core.errors import DKDError
+    from dkd_core.launch import KubePods, PyTorchJobLauncher, StepJob, TrainJobLauncher
+
+    calls: set[tuple[str, str, str]] = set()
+    job = StepJob(name="dkd-a", config_uri="c.yaml", step=0)
+    spec = ClusterSpec(namespace="dkd", image="img", s3_secret="s", s3_secret_env={"A": "a"})
+    labels = spec.all_labels()
+
+    def status(ctype: str) -> dict[str, Any]:
+        return {"metadata": {"labels": labels}, "status": {"conditions": [
+            {"type": ctype, "status": "True"}]}}  # fmt: skip
+
+    for launcher_cls, done in ((PyTorchJobLauncher, "Succeeded"), (TrainJobLauncher, "Complete")):
+        for script in (
+            [{}, status(done)],
+            [{}, status("Failed")],
+            [ApiException(status=409), status("Running"), status(done)],
+        ):
+            launcher = launcher_cls(
+                RecordingApi(calls, script), KubePods(RecordingCore(calls)), sleep=lambda s: None
+            )
+            with contextlib.suppress(DKDError):  # the Failed script fails, as it should
+                launcher.launch(job, spec, 60, log=lambda line: None)
+    (role,) = [o for o in rendered("minio") if o["kind"] == "Role"]
+    assert calls == ROLE_RULES == rule_triples(role)
 
 
 def test_no_cluster_wide_rbac_in_any_manifest() -> None:
@@ -480,84 +577,89 @@ def podtemplate(overlay: str = "minio") -> dict[str, Any]:
     return obj
 
 
-def is_subset(small: Any, big: Any, path: str = "") -> list[str]:
-    """Where `small` is not contained in `big` (lists of named objects match by name)."""
-    if isinstance(small, dict):
-        if not isinstance(big, dict):
-            return [f"{path}: not an object"]
-        out = []
-        for key, value in small.items():
-            if key not in big:
-                out.append(f"{path}/{key}: missing")
-            else:
-                out += is_subset(value, big[key], f"{path}/{key}")
-        return out
-    if (
-        isinstance(small, list)
-        and small
-        and all(isinstance(i, dict) and "name" in i for i in small)
-    ):
-        if not isinstance(big, list):
-            return [f"{path}: not a list"]
-        by_name = {i.get("name"): i for i in big if isinstance(i, dict)}
-        out = []
-        for item in small:
-            if item["name"] not in by_name:
-                out.append(f"{path}[{item['name']}]: missing")
-            else:
-                out += is_subset(item, by_name[item["name"]], f"{path}[{item['name']}]")
-        return out
-    return [] if small == big else [f"{path}: {small!r} != {big!r}"]
-
-
-def test_example_pytorchjob_passes_the_crd_schema() -> None:
+def test_example_jobs_pass_their_crd_schemas() -> None:
     doc = example()
-    errors = [e.message for e in crd_validator("pytorchjob-v1.schema.json").iter_errors(doc)]
-    assert errors == []
+    assert crd_errors(doc) == []
     assert set(doc["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+    assert crd_errors(load_one(TRAINJOB_EXAMPLE)) == []
 
 
-def test_example_pytorchjob_contains_what_the_launcher_renders() -> None:
-    """dkd_core.launch's manifest, with the PodTemplate's settings, is part of the example."""
-    settings = podtemplate()["template"]["spec"]
-    (container,) = settings["containers"]
-    shm = next(v for v in settings["volumes"] if v["name"] == "dshm")
-    spec = ClusterSpec(
-        namespace="dkd",
-        image=container["image"],
-        gpus_per_pod=container["resources"]["limits"]["nvidia.com/gpu"],
-        cpu_request=container["resources"]["requests"]["cpu"],
-        memory_request=container["resources"]["requests"]["memory"],
-        memory_limit=container["resources"]["limits"]["memory"],
-        shm_size=shm["emptyDir"]["sizeLimit"],
-        s3_secret=container["envFrom"][0]["secretRef"]["name"],
-        node_selector=settings["nodeSelector"],
-        tolerations=settings["tolerations"],
+def test_generated_manifests_are_what_the_launcher_renders() -> None:
+    """podtemplate.yaml and the examples are generated from ClusterSpec: never stale."""
+    assert gen_manifests.stale() == [], "run: python tools/gen_manifests.py"
+    settings = podtemplate()["template"]
+    defaults = ClusterSpec(namespace="x", image="dkd:0.1.0", s3_secret="minio-credentials")
+    (container,) = settings["spec"]["containers"]
+    assert container["resources"] == defaults.resources()
+    assert settings["spec"]["volumes"] == defaults.volumes()
+    assert settings["spec"]["tolerations"] == list(defaults.tolerations)
+    assert settings["spec"]["automountServiceAccountToken"] is False
+
+
+def test_a_changed_default_makes_the_podtemplate_stale(monkeypatch) -> None:
+    original = gen_manifests.podtemplate_spec()
+    assert gen_manifests.PODTEMPLATE not in gen_manifests.stale()
+    changed = ClusterSpec(**{**original.__dict__, "memory_limit": "48Gi"})
+    monkeypatch.setattr(gen_manifests, "podtemplate_spec", lambda: changed)
+    assert gen_manifests.PODTEMPLATE in gen_manifests.stale()
+    assert gen_manifests.main(["--check"]) == 1
+
+
+# -- TrainJob runtime ------------------------------------------------------------------
+
+
+def runtime() -> dict[str, Any]:
+    (obj,) = render(RUNTIME_DIR)
+    return obj
+
+
+def runtime_node(obj: dict[str, Any]) -> dict[str, Any]:
+    (rjob,) = obj["spec"]["template"]["spec"]["replicatedJobs"]
+    return rjob
+
+
+def test_our_runtime_passes_the_real_crd_and_trainers_webhook() -> None:
+    obj = runtime()
+    assert (obj["apiVersion"], obj["kind"]) == (
+        "trainer.kubeflow.org/v1alpha1",
+        "ClusterTrainingRuntime",
     )
-    job = StepJob(
-        name=job_name("voc_15-1", 1),
-        config_uri="s3://dkd-runs/voc_15-1/config.yaml",
-        step=1,
-        overrides=("data.root=s3://dkd-datasets/VOC2012", "run.output=s3://dkd-runs/voc_15-1"),
-        teacher="s3://dkd-runs/voc_15-1/step_0/checkpoint",
-        nproc_per_node=4,
-        nodes=2,
+    assert crd_errors(obj) == []
+    assert "namespace" not in obj["metadata"]  # cluster-scoped
+    assert obj["metadata"]["name"] == DEFAULT_RUNTIME == ClusterSpec("a", "b").trainjob_runtime
+    assert obj["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}  # upstream's torch policy
+    # Trainer v2.3's runtime webhook (validateReplicatedJobs): a replicated job labelled as
+    # the trainer ancestor has 1 replica and a container named `node`.
+    rjob = runtime_node(obj)
+    assert rjob["name"] == "node" and rjob.get("replicas", 1) == 1
+    assert (
+        rjob["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"]
+        == "trainer"
     )
-    launched = render_pytorchjob(job, spec)
-    del launched["metadata"]["namespace"]  # the example is applied with -n
-    assert is_subset(launched, example()) == []
+    assert [c["name"] for c in rjob["template"]["spec"]["template"]["spec"]["containers"]] == [
+        "node"
+    ]
+    bad = json.loads(json.dumps(obj))
+    bad["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["templat"] = {}
+    assert crd_errors(bad)
 
 
-def test_example_pytorchjob_carries_the_podtemplate_settings() -> None:
-    settings = json.loads(json.dumps(podtemplate()["template"]))
-    restart = settings["spec"].pop("restartPolicy")
-    replicas = example()["spec"]["pytorchReplicaSpecs"]
-    assert is_subset(settings, replicas["Master"]["template"]) == []
-    assert all(r["restartPolicy"] == restart == "OnFailure" for r in replicas.values())
-    # Only rank 0 (on the Master) serves metrics; otherwise the Worker is the same pod.
-    worker_settings = json.loads(json.dumps(settings))
-    del worker_settings["spec"]["containers"][0]["ports"]
-    assert is_subset(worker_settings, replicas["Worker"]["template"]) == []
+def test_trainjob_pods_are_scraped_like_pytorchjob_pods() -> None:
+    """The runtime declares the same `metrics` port the PyTorchJob container does, and the
+    pods carry the labels the PodMonitor selects."""
+    pod = runtime_node(runtime())["template"]["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    assert container["ports"] == [ClusterSpec.metrics_port()]
+    (pytorch,) = podtemplate()["template"]["spec"]["containers"]
+    assert pytorch["ports"] == container["ports"]
+    (monitor,) = [o for o in rendered("minio") if o["kind"] == "PodMonitor"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == container["ports"][0]["name"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    # What a TrainJob cannot patch, the runtime sets as the PyTorchJob pods have it.
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert pod["spec"]["restartPolicy"] == "OnFailure"
+    assert container["imagePullPolicy"] == ClusterSpec("a", "b").image_pull_policy
 
 
 # -- monitoring -------------------------------------------------------------------------
@@ -575,6 +677,8 @@ def test_podmonitor_scrapes_the_launchers_pods_on_the_metrics_port() -> None:
     assert selector.items() <= template["metadata"]["labels"].items()
     ports = template["spec"]["containers"][0]["ports"]
     assert {"name": "metrics", "containerPort": DEFAULT_PORT, "protocol": "TCP"} in ports
+    # Metrics carry the pipeline run id label the launcher puts on the pods.
+    assert KFP_RUN_ID_LABEL in monitor["spec"]["podTargetLabels"]
     # MinIO's pods are not scraped as training pods.
     for obj in rendered("minio"):
         if obj["kind"] in ("Deployment", "Job"):
@@ -749,142 +853,3 @@ def test_install_script_is_strict_and_pins_every_version() -> None:
     assert "env/platform-agnostic" in text and "overlays/standalone" in text
     assert "k8s/overlays/kind" in text
     assert "--for=condition=Available" in text
-
-
-# -- the renderer itself ------------------------------------------------------------------
-
-
-def write_tree(root: Path, files: dict[str, str]) -> Path:
-    for name, text in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
-
-
-CM = """
-apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: cm
-data:
-  a: "1"
-"""
-
-
-def test_lite_rejects_unsupported_kustomization_keys(tmp_path: Path) -> None:
-    write_tree(tmp_path, {"kustomization.yaml": "resources: [cm.yaml]\ncommonLabels: {a: b}\n"})
-    (tmp_path / "cm.yaml").write_text(CM)
-    with pytest.raises(KustomizeError, match=r"unsupported kustomization keys.*commonLabels"):
-        kustomize_lite.build(tmp_path)
-
-
-def test_lite_requires_stable_generator_names(tmp_path: Path) -> None:
-    write_tree(
-        tmp_path,
-        {"kustomization.yaml": "configMapGenerator:\n- name: x\n  literals: [a=b]\n"},
-    )
-    with pytest.raises(KustomizeError, match="disableNameSuffixHash"):
-        kustomize_lite.build(tmp_path)
-
-
-def test_lite_refuses_files_outside_the_kustomization(tmp_path: Path) -> None:
-    (tmp_path / "cm.yaml").write_text(CM)
-    write_tree(tmp_path, {"sub/kustomization.yaml": "resources: [../cm.yaml]\n"})
-    with pytest.raises(KustomizeError, match="outside"):
-        kustomize_lite.build(tmp_path / "sub")
-
-
-def test_lite_patches_namespace_and_labels(tmp_path: Path) -> None:
-    deployment = """
-    apiVersion: apps/v1
-    kind: Deployment
-    metadata:
-      name: web
-    spec:
-      template:
-        spec:
-          containers:
-            - name: a
-              image: a:1
-              env: [{name: X, value: "1"}]
-            - name: b
-              image: b:1
-    """
-    write_tree(
-        tmp_path,
-        {
-            "base/kustomization.yaml": "resources: [deployment.yaml, cm.yaml]\n",
-            "base/deployment.yaml": deployment,
-            "base/cm.yaml": CM,
-            "overlay/kustomization.yaml": """
-            namespace: ns
-            labels:
-              - pairs: {team: dkd}
-            resources: [../base]
-            patches:
-              - patch: |-
-                  apiVersion: apps/v1
-                  kind: Deployment
-                  metadata:
-                    name: web
-                  spec:
-                    template:
-                      spec:
-                        containers:
-                          - name: a
-                            image: a:2
-                            env: [{name: Y, value: "2"}]
-              - target: {kind: ConfigMap, name: c.}
-                patch: |-
-                  - op: replace
-                    path: /data/a
-                    value: "2"
-                  - op: add
-                    path: /data/b~1c
-                    value: "3"
-            """,
-        },
-    )
-    objects = {o["kind"]: o for o in kustomize_lite.build(tmp_path / "overlay")}
-    containers = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
-    assert containers[0] == {  # kustomize's order: the patch's items, then the others
-        "name": "a",
-        "image": "a:2",
-        "env": [{"name": "Y", "value": "2"}, {"name": "X", "value": "1"}],
-    }
-    assert containers[1] == {"name": "b", "image": "b:1"}
-    assert objects["ConfigMap"]["data"] == {"a": "2", "b/c": "3"}
-    for obj in objects.values():
-        assert obj["metadata"]["namespace"] == "ns"
-        assert obj["metadata"]["labels"] == {"team": "dkd"}
-    assert list(objects) == ["ConfigMap", "Deployment"]  # kustomize's legacy order
-    if shutil.which("kubectl"):  # the same objects as kustomize itself
-        out = subprocess.run(
-            ["kubectl", "kustomize", str(tmp_path / "overlay")],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        reference = [d for d in yaml.safe_load_all(out.stdout) if d]
-        assert kustomize_lite.build(tmp_path / "overlay") == reference
-
-
-def test_lite_json6902_errors_name_the_problem(tmp_path: Path) -> None:
-    write_tree(
-        tmp_path,
-        {
-            "cm.yaml": CM,
-            "kustomization.yaml": """
-            resources: [cm.yaml]
-            patches:
-              - target: {kind: ConfigMap}
-                patch: |-
-                  - op: move
-                    from: /data/a
-                    path: /data/b
-            """,
-        },
-    )
-    with pytest.raises(KustomizeError, match="op 'move' is not supported"):
-        kustomize_lite.build(tmp_path)
