@@ -92,9 +92,11 @@ def train_step(
     memory_request: str,
     memory_limit: str,
     shm_size: str,
+    tmp_size: str,
     service_account: str,
     node_selector: dict,
     tolerations: list,
+    trainjob_runtime: str,
     delete_after_done: bool,
     manifest: Input[Dataset],
     model: Output[Model],
@@ -132,8 +134,9 @@ def train_step(
         "timeout_hours": timeout_hours, "s3_secret": s3_secret, "s3_secret_keys": s3_secret_keys,
         "image_pull_policy": image_pull_policy, "cpu_request": cpu_request,
         "cpu_limit": cpu_limit, "memory_request": memory_request, "memory_limit": memory_limit,
-        "shm_size": shm_size, "service_account": service_account, "node_selector": node_selector,
-        "tolerations": tolerations, "delete_after_done": delete_after_done,
+        "shm_size": shm_size, "tmp_size": tmp_size, "service_account": service_account,
+        "node_selector": node_selector, "tolerations": tolerations,
+        "trainjob_runtime": trainjob_runtime, "delete_after_done": delete_after_done,
     }  # fmt: skip
     if launcher == "local":
         launch_step(

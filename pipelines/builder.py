@@ -26,6 +26,8 @@ the step's job resumes from the newest periodic checkpoint beside its Model.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
+import ast
+import copy
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -162,7 +164,7 @@ def build_pipeline(
     job_secret, job_keys = job_s3_access(s3_secret, keys, job_s3_secret, job_s3_secret_keys)
     c = with_image(image)
     default_image, default_gpus, default_endpoint = image, gpus_per_pod, s3_endpoint
-    pod = POD_DEFAULTS
+    pod = copy.deepcopy(POD_DEFAULTS)  # KFP may reorder a default dict in place: a copy per build
 
     def on_cluster(t: dsl.PipelineTask, name: str, s3: bool = True) -> None:
         """Display name and S3 keys; nothing of it has an effect under kfp.local (which would
@@ -197,9 +199,11 @@ def build_pipeline(
         memory_request: str = pod["memory_request"],
         memory_limit: str = pod["memory_limit"],
         shm_size: str = pod["shm_size"],
+        tmp_size: str = pod["tmp_size"],
         service_account: str = pod["service_account"],
-        node_selector: dict = {},  # noqa: B006
-        tolerations: list = [],  # noqa: B006
+        node_selector: dict = pod["node_selector"],
+        tolerations: list = pod["tolerations"],
+        trainjob_runtime: str = pod["trainjob_runtime"],
     ) -> PipelineOutputs:
         split = c.split_data(
             config_yaml=config_yaml, dataset_uri=dataset_uri, overrides=overrides,
@@ -218,9 +222,9 @@ def build_pipeline(
                 s3_secret_keys=job_keys if cluster else {},
                 image_pull_policy=image_pull_policy, cpu_request=cpu_request,
                 cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
-                shm_size=shm_size, service_account=service_account,
+                shm_size=shm_size, tmp_size=tmp_size, service_account=service_account,
                 node_selector=node_selector, tolerations=tolerations,
-                delete_after_done=delete_after_done,
+                trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
                 manifest=manifest, **({"teacher": teacher} if teacher is not None else {}),
             )  # fmt: skip
             on_cluster(train, f"train step {t}")
@@ -261,6 +265,38 @@ def build_pipeline(
     return pipeline
 
 
+_HEADER_DEFAULT = re.compile(r"^(#    \w+: \w+ \[Default: )(.*)(\])$")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _stable_header(text: str) -> str:
+    """The IR with the keys of dict defaults sorted in its header comment.
+
+    kfp 2.17 prints each parameter's default there from a protobuf Struct, whose
+    key order changes from process to process (e.g. the tolerations' default);
+    the YAML body is sorted already.
+    """
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        m = _HEADER_DEFAULT.match(line)
+        if m and m.group(2)[:1] in "[{":
+            try:
+                value = ast.literal_eval(m.group(2))
+            except (ValueError, SyntaxError):
+                continue
+            lines[i] = f"{m.group(1)}{_sorted(value)}{m.group(3)}"
+    return "\n".join(lines)
+
+
 def compile_pipeline(config: str | Path, output: str | Path, **options: Any) -> Path:
     """Compile the pipeline of `config` (a benchmark name or a YAML path) to IR YAML at `output`.
 
@@ -278,6 +314,7 @@ def compile_pipeline(config: str | Path, output: str | Path, **options: Any) -> 
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     try:
         compiler.Compiler().compile(pipeline, str(partial))
+        partial.write_text(_stable_header(partial.read_text()))
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)

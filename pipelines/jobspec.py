@@ -8,8 +8,9 @@ pipeline parameters (str, int, float, bool, dict, list).
 - `POD_DEFAULTS`: the pod parameters of the pipeline and their defaults, read
   from `ClusterSpec`'s own defaults (`None` there is `""` here: KFP parameters
   have no null).
-- `cluster_spec(params)`: the `ClusterSpec` of the job's pods.
-- `launch_options(params)`: keyword arguments of `launch_step` (timeout, keep).
+- `cluster_spec(params)`: the `ClusterSpec` of the job's pods
+  (`ClusterSpec.from_params` of `cluster_spec_params(params)`).
+- `launch_options(params)`: keyword arguments of `launch_step` (the wait).
 - `step_job(...)`: the `StepJob` (job name, torchrun command).
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,9 @@ DEFAULT_JOB_S3_KEYS = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
 DEFAULT_S3_ENDPOINT = "http://seaweedfs.kubeflow:9000"
 #: Where Kubernetes mounts the pod's own namespace (every pod with a service-account token).
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-#: Label keys linking a job and its pods to the KFP run and the component pod that made
-#: it, so orphans (a job that outlived its component pod) can be found with `kubectl -l`.
-RUN_ID_LABEL = "dkd.pipelines/kfp-run-id"
-POD_NAME_LABEL = "dkd.pipelines/kfp-pod-name"
 #: Environment of the component pod: KFP sets KFP_POD_NAME on every pod it runs; the
 #: builder maps the pod label `pipeline/runid` (set by the KFP API server) to KFP_RUN_ID.
+#: The launcher labels the job and its pods with both (`ClusterSpec.kfp_run_id`, ...).
 RUN_ID_ENV, POD_NAME_ENV = "KFP_RUN_ID", "KFP_POD_NAME"
 #: Component environment passed on to the job's pods.
 FORWARDED_ENV = (
@@ -64,12 +61,14 @@ POD_DEFAULTS: dict[str, Any] = {
     "memory_request": _SPEC_DEFAULTS["memory_request"] or "",
     "memory_limit": _SPEC_DEFAULTS["memory_limit"] or "",
     "shm_size": _SPEC_DEFAULTS["shm_size"] or "",
+    "tmp_size": _SPEC_DEFAULTS["tmp_size"] or "",
     "service_account": _SPEC_DEFAULTS["service_account"] or "",
     "node_selector": dict(_SPEC_DEFAULTS["node_selector"]),
-    "tolerations": list(_SPEC_DEFAULTS["tolerations"]),
+    "tolerations": [dict(t) for t in _SPEC_DEFAULTS["tolerations"]],
+    "trainjob_runtime": _SPEC_DEFAULTS["trainjob_runtime"],
     # Delete the job when it ends (the upstream launcher's `delete_after_done`); False
     # keeps a finished or failed job and its pods for inspection.
-    "delete_after_done": True,
+    "delete_after_done": _SPEC_DEFAULTS["delete_after_done"],
 }
 
 
@@ -138,33 +137,16 @@ def _tolerations(value: Any) -> tuple[dict[str, Any], ...]:
     return tuple(out)
 
 
-def label_value(text: str) -> str:
-    """`text` cut to a valid label value (at most 63 characters, alphanumeric at both ends)."""
-    cut = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cut)
-
-
-def run_labels(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Labels naming the KFP run and component pod, from the component's environment."""
-    env = os.environ if env is None else env
-    labels = {}
-    for key, var in ((RUN_ID_LABEL, RUN_ID_ENV), (POD_NAME_LABEL, POD_NAME_ENV)):
-        value = label_value(env.get(var, ""))
-        if value:
-            labels[key] = value
-    return labels
-
-
-def cluster_spec_kwargs(
+def cluster_spec_params(
     params: Mapping[str, Any], env: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """`ClusterSpec` keyword arguments from a train step's parameters.
+    """`ClusterSpec.from_params` values (JSON, keyed by ClusterSpec field) of a train step.
 
     `params` holds the pipeline's pod parameters (`POD_DEFAULTS` fill the
-    missing ones) and `namespace`, `image`, `gpus_per_pod`, `s3_secret`,
-    `s3_secret_keys` (Secret key -> environment variable). `env` is the
-    component's environment: FORWARDED_ENV is passed on, the KFP run and pod
-    become labels.
+    missing ones) and `namespace` (empty: this pod's), `image`, `gpus_per_pod`,
+    `s3_secret`, `s3_secret_keys` (Secret key -> environment variable). `env` is
+    the component's environment: FORWARDED_ENV is passed on, the KFP run and pod
+    label the job.
     """
     env = os.environ if env is None else env
     image = _text(params, "image")
@@ -176,41 +158,43 @@ def cluster_spec_kwargs(
     keys = params.get("s3_secret_keys") or {}
     if not isinstance(keys, Mapping):
         raise DKDError(f"s3_secret_keys: expected a mapping of Secret key to env, got {keys!r}")
+    delete = params.get("delete_after_done", POD_DEFAULTS["delete_after_done"])
+    if not isinstance(delete, bool):
+        raise DKDError(f"pipeline parameter delete_after_done: expected true/false, got {delete!r}")
     secret = _text(params, "s3_secret")
+    text = {name: _text(params, name) or "" for name in (
+        "image_pull_policy", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
+        "shm_size", "tmp_size", "service_account", "trainjob_runtime",
+    )}  # fmt: skip
     return {
         "namespace": resolve_namespace(_text(params, "namespace") or ""),
         "image": image,
-        "image_pull_policy": _text(params, "image_pull_policy") or "IfNotPresent",
         "gpus_per_pod": gpus,
-        "cpu_request": _text(params, "cpu_request"),
-        "cpu_limit": _text(params, "cpu_limit"),
-        "memory_request": _text(params, "memory_request"),
-        "memory_limit": _text(params, "memory_limit"),
-        "shm_size": _text(params, "shm_size"),
-        "service_account": _text(params, "service_account"),
+        **text,
+        "image_pull_policy": text["image_pull_policy"] or POD_DEFAULTS["image_pull_policy"],
+        "trainjob_runtime": text["trainjob_runtime"] or POD_DEFAULTS["trainjob_runtime"],
         "node_selector": _node_selector(params.get("node_selector")),
-        "tolerations": _tolerations(params.get("tolerations")),
-        "s3_secret": secret,
+        "tolerations": list(_tolerations(params.get("tolerations", POD_DEFAULTS["tolerations"]))),
+        "s3_secret": secret or "",
         "s3_secret_env": {v: k for k, v in keys.items()} if secret else {},
-        "env": [(k, env[k]) for k in FORWARDED_ENV if env.get(k)],
-        "labels": run_labels(env),
+        "env": {k: env[k] for k in FORWARDED_ENV if env.get(k)},
+        "kfp_run_id": env.get(RUN_ID_ENV, ""),
+        "kfp_pod_name": env.get(POD_NAME_ENV, ""),
+        "delete_after_done": delete,
     }
 
 
 def cluster_spec(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ClusterSpec:
-    """The `ClusterSpec` of a train step's job pods (see `cluster_spec_kwargs`)."""
-    return ClusterSpec(**cluster_spec_kwargs(params, env))
+    """The `ClusterSpec` of a train step's job pods (see `cluster_spec_params`)."""
+    return ClusterSpec.from_params(cluster_spec_params(params, env))
 
 
 def launch_options(params: Mapping[str, Any]) -> dict[str, Any]:
-    """`launch_step` keyword arguments of a cluster launcher: the wait and the clean-up."""
+    """`launch_step` keyword arguments of a train step: how long it waits for its job."""
     hours = params.get("timeout_hours", 48.0)
     if not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0:
         raise DKDError(f"pipeline parameter timeout_hours: expected hours > 0, got {hours!r}")
-    delete = params.get("delete_after_done", POD_DEFAULTS["delete_after_done"])
-    if not isinstance(delete, bool):
-        raise DKDError(f"pipeline parameter delete_after_done: expected true/false, got {delete!r}")
-    return {"timeout_seconds": float(hours) * 3600, "keep": not delete}
+    return {"timeout_seconds": float(hours) * 3600}
 
 
 def step_settings(dataset_uri: str, epochs: int, overrides: Sequence[str]) -> list[str]:

@@ -45,7 +45,7 @@ def render_step(
     """The manifest of step `step`'s job for pipeline `name` (compile `options` as for
     `build_pipeline`); an empty `namespace` parameter becomes `namespace`, the component
     pod's namespace it would resolve to (standalone KFP: kubeflow)."""
-    from dkd_core.launch import render_pytorchjob, render_trainjob
+    from dkd_core.launch import render_job
 
     if launcher not in RENDERABLE:
         raise DKDError(f"--launcher {launcher!r}: expected one of {', '.join(RENDERABLE)}")
@@ -76,8 +76,7 @@ def render_step(
          "s3_secret_keys": keys},
         env={"S3_ENDPOINT": args["s3_endpoint"]} if args["s3_endpoint"] else {},
     )  # fmt: skip
-    render = render_pytorchjob if launcher == "pytorchjob" else render_trainjob
-    return render(job, spec)
+    return render_job(job, spec, launcher)
 
 
 def to_yaml(manifest: Mapping[str, Any]) -> str:

@@ -5,8 +5,8 @@
 #   2. the DKD image, loaded into the nodes (when DKD_IMAGE is set)
 #   3. Kubeflow Pipelines standalone, platform-agnostic manifests (namespace kubeflow)
 #   4. Kubeflow training operator v1, standalone manifests (PyTorchJob)
-#   5. Kubeflow Trainer v2 with its runtimes (TrainJob) - only with INSTALL_TRAINER_V2=1
-#      (the kind end-to-end test sets it: it runs the pipeline with both launchers)
+#   5. Kubeflow Trainer v2 with its runtimes and ours, dkd-torch-distributed (TrainJob) - only
+#      with INSTALL_TRAINER_V2=1 (the kind end-to-end test sets it: it runs both launchers)
 #   6. the prometheus-operator CRDs PodMonitor and ServiceMonitor (CRDs only, no Prometheus)
 #   7. the Secret minio-credentials, with random keys, unless it exists
 #   8. k8s/overlays/kind (MinIO, buckets, RBAC, training pod settings, PodMonitor, dashboard)
@@ -81,6 +81,8 @@ if [[ "${INSTALL_TRAINER_V2}" == "1" ]]; then
   k wait --for=condition=Established --timeout=120s crd/trainjobs.trainer.kubeflow.org
   k -n kubeflow-system wait --for=condition=Available --timeout="${WAIT_TIMEOUT}" deployment --all
   k apply --server-side -k "github.com/kubeflow/trainer.git/manifests/overlays/runtimes?ref=${TRAINER_VERSION}"
+  # Our ClusterTrainingRuntime dkd-torch-distributed (the TrainJobs' default runtime).
+  k apply --server-side -k "${REPO_ROOT}/k8s/base/trainer-runtime"
 fi
 
 step "prometheus-operator ${PROMETHEUS_OPERATOR_VERSION} CRDs (PodMonitor, ServiceMonitor)"

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.jobspec import POD_NAME_LABEL, RUN_ID_LABEL, label_value
+from dkd_core.launch import KFP_POD_NAME_LABEL, KFP_RUN_ID_LABEL, label_value
 
 pytestmark = pytest.mark.kind
 
@@ -206,9 +206,11 @@ def submit_args(image: str, data_uri: str, launcher: str) -> list[str]:
         "--param", "pods_per_step=2",  # 2 pods per step, gloo over the pod network
         "--param", "epochs=2",
         "--param", "delete_after_done=false",  # keep the jobs: this test reads them
-        "--param", "cpu_request=250m",
+        "--param", "cpu_request=250m",  # small pods for a laptop
+        "--param", "memory_request=1Gi",
         "--param", "memory_limit=3Gi",
         "--param", "shm_size=512Mi",
+        "--param", "tmp_size=2Gi",
     ]  # fmt: skip
     for extra in os.environ.get("DKD_KIND_SUBMIT_PARAMS", "").split():
         args += ["--param", extra]
@@ -261,7 +263,7 @@ def test_toy_pipeline_run_succeeds(finished_run: dict[str, Any]) -> None:
 def jobs_of(finished_run: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's jobs, found by the KFP run id the launcher labels them with."""
     plural = {"pytorchjob": "pytorchjobs", "trainjob": "trainjobs.trainer.kubeflow.org"}
-    selector = f"{RUN_ID_LABEL}={finished_run['run_id']}"
+    selector = f"{KFP_RUN_ID_LABEL}={finished_run['run_id']}"
     listed = kubectl("-n", NAMESPACE, "get", plural[finished_run["launcher"]], "-l", selector,
                      "-o", "json")  # fmt: skip
     return json.loads(listed)["items"]
@@ -282,7 +284,7 @@ def test_each_step_ran_as_one_two_pod_job(finished_run: dict[str, Any]) -> None:
             assert job["spec"]["trainer"]["numNodes"] == 2, name
             assert conditions.get("Complete") == "True", (name, conditions)
         if pods:  # the job names the component pod that created it
-            assert job["metadata"]["labels"].get(POD_NAME_LABEL) in pods, name
+            assert job["metadata"]["labels"].get(KFP_POD_NAME_LABEL) in pods, name
 
 
 def test_evaluation_metrics_json_is_in_the_store(finished_run: dict[str, Any], s3: Any) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 import components
 from dkd_core.errors import DKDError
+from dkd_core.launch import KFP_POD_NAME_LABEL, KFP_RUN_ID_LABEL, label_value
 from pipelines import jobspec
 from pipelines.__main__ import main
 
@@ -53,6 +54,7 @@ def test_pod_parameters_become_the_cluster_spec(tmp_path, monkeypatch):
     assert (spec.cpu_request, spec.cpu_limit, spec.memory_request, spec.memory_limit) == (
         "16", None, "64Gi", "96Gi",
     )  # fmt: skip
+    assert spec.trainjob_runtime == "dkd-torch-distributed"
     assert spec.shm_size == "16Gi" and spec.image_pull_policy == "Always"
     assert spec.service_account is None
     assert dict(spec.node_selector) == {"nvidia.com/gpu.present": "true"}
@@ -61,9 +63,11 @@ def test_pod_parameters_become_the_cluster_spec(tmp_path, monkeypatch):
         "AWS_ACCESS_KEY_ID": "accesskey", "AWS_SECRET_ACCESS_KEY": "secretkey"
     }  # fmt: skip
     assert dict(spec.env) == {"S3_ENDPOINT": "http://seaweedfs.kubeflow:9000"}
-    labels = dict(spec.labels)
-    assert labels[jobspec.RUN_ID_LABEL] == env["KFP_RUN_ID"]
-    assert labels[jobspec.POD_NAME_LABEL] == "p" * 63  # label values stop at 63
+    labels = spec.all_labels()
+    assert labels[KFP_RUN_ID_LABEL] == env["KFP_RUN_ID"]
+    assert labels[KFP_POD_NAME_LABEL] == label_value("p" * 80)  # label values stop at 63
+    assert len(labels[KFP_POD_NAME_LABEL]) <= 63
+    assert spec.delete_after_done is True and spec.tmp_size == "100Gi"  # the defaults
 
 
 @pytest.mark.parametrize(
@@ -95,12 +99,12 @@ def test_the_config_lies_beside_the_model(uri):
     assert jobspec.step_config_uri(uri) == join(parent(uri), "config.yaml")
 
 
-def test_launch_options():
-    assert jobspec.launch_options({"timeout_hours": 2.5}) == {"timeout_seconds": 9000.0,
-                                                              "keep": False}  # fmt: skip
-    assert jobspec.launch_options({"delete_after_done": False})["keep"] is True
+def test_launch_options_and_clean_up():
+    assert jobspec.launch_options({"timeout_hours": 2.5}) == {"timeout_seconds": 9000.0}
+    base = {"namespace": "team-a", "image": IMAGE}
+    assert jobspec.cluster_spec({**base, "delete_after_done": False}, {}).delete_after_done is False
     with pytest.raises(DKDError, match="delete_after_done: expected true/false"):
-        jobspec.launch_options({"delete_after_done": "no"})
+        jobspec.cluster_spec({**base, "delete_after_done": "no"}, {})
 
 
 # -- the train_step component ---------------------------------------------------------
@@ -137,9 +141,9 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
         s3_endpoint="http://seaweedfs.kubeflow:9000", s3_secret="mlpipeline-minio-artifact",
         s3_secret_keys={"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"},
         image_pull_policy="IfNotPresent", cpu_request="16", cpu_limit="", memory_request="64Gi",
-        memory_limit="", shm_size="16Gi", service_account="",
+        memory_limit="", shm_size="16Gi", tmp_size="20Gi", service_account="",
         node_selector={"pool": "h100"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
-        delete_after_done=False, manifest=artifact(tmp_path / "split" / "manifest"), model=model,
+        trainjob_runtime="team-runtime", delete_after_done=False, manifest=artifact(tmp_path / "split" / "manifest"), model=model,
         teacher=artifact(tmp_path / "train-step" / "model"),
     )  # fmt: skip
     ((backend, job, spec, kw),) = launched
@@ -152,8 +156,10 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
     assert (spec.cpu_request, spec.memory_request, spec.shm_size) == ("16", "64Gi", "16Gi")
     assert dict(spec.node_selector) == {"pool": "h100"}
     assert dict(spec.env)["S3_ENDPOINT"] == "http://seaweedfs.kubeflow:9000"  # the parameter
-    assert dict(spec.labels)[jobspec.RUN_ID_LABEL] == "run-1234"
-    assert kw == {"timeout_seconds": 7200.0, "keep": True}
+    assert spec.all_labels()[KFP_RUN_ID_LABEL] == "run-1234"
+    assert (spec.tmp_size, spec.trainjob_runtime) == ("20Gi", "team-runtime")
+    assert spec.delete_after_done is False
+    assert kw == {"timeout_seconds": 7200.0}
     assert model.metadata == {"step": 1, "classes_per_step": [15, 1], "task": "voc:15-1"}
     assert (tmp_path / "train-step-2" / "config.yaml").read_text() == config_yaml
 
@@ -203,7 +209,8 @@ def test_render_job_prints_the_trainjob_with_the_pod_parameters(capsys):
     trainer = job["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
     assert trainer["resourcesPerNode"] == {
-        "requests": {"cpu": "16"}, "limits": {"memory": "96Gi", "nvidia.com/gpu": 4}
+        "requests": {"cpu": "16", "memory": "16Gi"},  # memory_request: the default
+        "limits": {"memory": "96Gi", "nvidia.com/gpu": 4},
     }  # fmt: skip
     env = {e["name"]: e for e in trainer["env"]}
     assert env["S3_ENDPOINT"]["value"] == "http://s3.internal:9000"
@@ -243,3 +250,26 @@ def test_the_cli_imports_no_torch(tmp_path):
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "torch was imported" not in result.stderr
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_rendered_jobs_pass_the_crd_schemas_and_admission(capsys, launcher):
+    """What a train step creates from the pipeline's parameters (pod settings included) is
+    what the operators admit: their CRD schemas (unknown fields refused), the PyTorchJob
+    webhook's and Trainer's rules."""
+    from tests.unit.test_admission import (
+        pytorchjob_webhook_errors,
+        runtime,
+        trainjob_admission_errors,
+    )
+    from tools.lint_manifests import validate
+
+    job = render(
+        capsys, "--launcher", launcher, "--param", "cpu_request=16", "--param",
+        "node_selector=pool=h100", "--param", "tolerations=[{key: a, operator: Exists}]",
+    )  # fmt: skip
+    assert validate([job]) == []
+    if launcher == "pytorchjob":
+        assert pytorchjob_webhook_errors(job) == []
+    else:
+        assert trainjob_admission_errors(job, runtime()) == []

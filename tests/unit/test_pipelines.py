@@ -130,9 +130,18 @@ def test_voc_15_1_has_six_steps(compiled):
 
 
 def test_compiling_twice_gives_identical_files(tmp_path):
-    first = compile_pipeline("voc_15-1", tmp_path / "a.yaml", launcher="trainjob", image=IMAGE)
-    second = compile_pipeline("voc_15-1", tmp_path / "b.yaml", launcher="trainjob", image=IMAGE)
-    assert first.read_bytes() == second.read_bytes()
+    """Byte-identical IR from separate processes (kfp's header comment prints dict defaults
+    in an order that changes from process to process; the builder sorts them)."""
+    code = (
+        "import sys; from pipelines import compile_pipeline; "
+        "compile_pipeline('voc_15-1', sys.argv[1], launcher='trainjob', image=sys.argv[2])"
+    )
+    files = [tmp_path / f"{i}.yaml" for i in range(3)]
+    for path in files:
+        subprocess.run([sys.executable, "-c", code, str(path), IMAGE], cwd=REPO, check=True,
+                       timeout=120)  # fmt: skip
+    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
+    assert "'effect': 'NoSchedule', 'key': 'nvidia.com/gpu'" in files[0].read_text()
 
 
 #: The compiled pipeline's parameters: (type, default); None = required.
@@ -148,14 +157,19 @@ PARAMETERS = {
     "timeout_hours": ("NUMBER_DOUBLE", 48.0),
     "delete_after_done": ("BOOLEAN", True),
     "image_pull_policy": ("STRING", "IfNotPresent"),
-    "cpu_request": ("STRING", ""),
+    "cpu_request": ("STRING", "4"),
     "cpu_limit": ("STRING", ""),
-    "memory_request": ("STRING", ""),
-    "memory_limit": ("STRING", ""),
+    "memory_request": ("STRING", "16Gi"),
+    "memory_limit": ("STRING", "32Gi"),
     "shm_size": ("STRING", "8Gi"),
+    "tmp_size": ("STRING", "100Gi"),
     "service_account": ("STRING", ""),
     "node_selector": ("STRUCT", {}),
-    "tolerations": ("LIST", []),
+    "tolerations": (
+        "LIST",
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    ),
+    "trainjob_runtime": ("STRING", "dkd-torch-distributed"),
 }
 
 
