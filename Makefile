@@ -39,18 +39,26 @@ bench: setup ## speed and memory figures vs baselines, saved as JSON in build/be
 
 PIPELINE ?= toy
 DATA ?= data/$(PIPELINE)
+# $(call given,VAR): VAR's value when set on the command line or in the environment, else
+# nothing (a default from this file is not a user's choice: IMAGE, DATA).
+given = $(if $(filter command line environment,$(origin $(1))),$($(1)))
+# The cluster image of compile/submit: only one the user named (make images push IMAGE=...).
+CLUSTER_IMAGE = $(call given,IMAGE)
 
 demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table
 	$(PY) -m pipelines demo
 
 run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012
-	$(PY) -m pipelines run $(PIPELINE) --data $(DATA)
+	$(PY) -m pipelines run $(PIPELINE) --data $(DATA) $(foreach p,$(PARAMS),--param '$(p)')
 
-compile: setup ## compile a benchmark's pipeline to build/PIPELINE.yaml
-	$(PY) -m pipelines compile $(PIPELINE) --output build/$(PIPELINE).yaml
+compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob]
+	$(PY) -m pipelines compile $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) --output build/$(PIPELINE).yaml
 
-submit: setup ## submit to Kubeflow Pipelines: make submit PIPELINE=voc_15-1 KFP_HOST=... [KFP_NAMESPACE=...] [EXPERIMENT=...]
-	$(PY) -m pipelines submit $(PIPELINE) $(if $(KFP_HOST),--host $(KFP_HOST)) \
+submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [PARAMS="KEY=VALUE ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
+	$(PY) -m pipelines submit $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(call given,DATA),--data $(DATA)) \
+		$(foreach p,$(PARAMS),--param '$(p)') $(if $(KFP_HOST),--host $(KFP_HOST)) \
 		$(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 toy-data: setup ## generate the toy dataset in data/toy (kept when it is already there)

@@ -2,6 +2,10 @@
 # Included by the Makefile (`include deploy.mk`), which defines PY, VENV and `setup`.
 # docs/deploy.md describes the whole deployment.
 
+# One image serves the pipeline components and the training jobs. `make images` tags it
+# IMAGE (default: a local tag); for a cluster, name a registry and push it:
+#   make images push IMAGE=registry.example.org/ml/dkd:0.1.0
+# then compile/submit with the same IMAGE=... (the Makefile passes it as --image).
 IMAGE_REPO ?= dkd
 # The package version, read from pyproject.toml's [project] table (override: make VERSION=...).
 VERSION := $(shell awk -F'"' '/^\[project\]/ {p = 1; next} /^\[/ {p = 0} p && /^version *=/ {print $$2; exit}' pyproject.toml)
@@ -17,13 +21,19 @@ require = command -v $(1) >/dev/null 2>&1 || { echo "make $@: '$(1)' not found: 
 DOCKER_HINT := install Docker (https://docs.docker.com/engine/install/) and start its engine
 KIND_HINT := install kind v0.33.0 (https://kind.sigs.k8s.io/docs/user/quick-start/\#installation)
 
-.PHONY: images image-cpu kind-up kind-down kind-test lint-manifests
+.PHONY: images image-cpu push kind-up kind-down kind-test lint-manifests
 
 images: ## build the CUDA and CPU images, tagged IMAGE_REPO:<version>-<git sha> and ...-cpu
 	@$(call require,$(DOCKER),$(DOCKER_HINT))
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
 	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
 	@echo "built $(IMAGE) and $(IMAGE_CPU)"
+
+push: ## push the images of `make images` (IMAGE must name a registry: make push IMAGE=registry/dkd:tag)
+	@$(call require,$(DOCKER),$(DOCKER_HINT))
+	@test -n "$(call given,IMAGE)" || { echo "make push: set IMAGE=registry/dkd:tag, the image 'make images IMAGE=...' built" >&2; exit 2; }
+	$(DOCKER) push $(IMAGE)
+	$(DOCKER) push $(IMAGE_CPU)
 
 image-cpu: ## build only the CPU image (kind, CPU clusters)
 	@$(call require,$(DOCKER),$(DOCKER_HINT))

@@ -1,7 +1,7 @@
 """KFP components of the DKD pipeline (`components.dkd`); thin wrappers around dkd_core.
 
-`with_image(image)` gives the same components with another base image, for a
-pipeline compiled against a different build of the dkd image.
+`with_image(image)` gives the same components on the image a pipeline is compiled
+for; the components as declared (`LOCAL_IMAGE`) serve kfp.local runs only.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
-from components.dkd import ALL, IMAGE, evaluate, report, split_data, train_step
+from components.dkd import ALL, LOCAL_IMAGE, evaluate, report, split_data, train_step
 
 
-def with_image(image: str = IMAGE) -> SimpleNamespace:
+def with_image(image: str) -> SimpleNamespace:
     """The components (`.split_data`, `.train_step`, `.evaluate`, `.report`) on `image`."""
-    if image == IMAGE:
+    if image == LOCAL_IMAGE:
         return SimpleNamespace(**{c.python_func.__name__: c for c in ALL})
     decorate = dsl.component(base_image=image, install_kfp_package=False)
     return SimpleNamespace(**{c.python_func.__name__: decorate(c.python_func) for c in ALL})
 
 
-__all__ = ["IMAGE", "evaluate", "report", "split_data", "train_step", "with_image"]
+__all__ = ["LOCAL_IMAGE", "evaluate", "report", "split_data", "train_step", "with_image"]

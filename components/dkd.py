@@ -2,8 +2,15 @@
 
 Each body is a few lines around a dkd_core call. KFP embeds only the function
 source in the pipeline, so every import is inside the body and the bodies
-share no helpers. They run in the dkd image (`IMAGE`, which has dkd_core and
-kfp installed), or, under `kfp.local`, in this virtual environment.
+share no helpers. They run in the dkd image (`make images IMAGE=...`, which has
+dkd_core, components/, pipelines/ and kfp installed; the builder sets it with
+`components.with_image`), or, under `kfp.local`, in this virtual environment.
+A train step maps its parameters to the training job with `pipelines.jobspec`,
+the module `python -m pipelines render-job` uses too.
+
+S3: the components that read or write the object store take `s3_endpoint` (a
+pipeline parameter) and export it as `S3_ENDPOINT` before touching a URI; an
+empty value keeps the environment's (kfp.local on this machine).
 
 Locations: a step's checkpoint is its `Model` artifact, written directly by the
 training job at `model.uri`; everything else of the step (config.yaml,
@@ -25,16 +32,27 @@ from kfp.dsl import (
     Output,
 )
 
-#: Default image of the component pods (and of the training jobs' pods).
-IMAGE = "ghcr.io/dkd-k8s/dkd:0.1.0"
+#: Base image of the components as declared here. Only kfp.local runs use them as they
+#: are (in this environment; the image is not pulled); a pipeline for a cluster gets the
+#: image it was compiled for (`components.with_image`), never this name.
+LOCAL_IMAGE = "dkd:local"
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=LOCAL_IMAGE, install_kfp_package=False)
 def split_data(
-    config_yaml: str, dataset_uri: str, overrides: list, manifest: Output[Dataset]
+    config_yaml: str,
+    dataset_uri: str,
+    overrides: list,
+    s3_endpoint: str,
+    manifest: Output[Dataset],
 ) -> None:
     """Per-step image lists of the run (`dkd_core split`), as the `manifest` Dataset."""
+    import os
+
     import yaml
+
+    if s3_endpoint:
+        os.environ["S3_ENDPOINT"] = s3_endpoint
 
     from dkd_core.config import config_from_dict
     from dkd_core.step_data import write_split_manifest
@@ -52,7 +70,7 @@ def split_data(
     manifest.metadata["steps"] = counts
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=LOCAL_IMAGE, install_kfp_package=False)
 def train_step(
     config_yaml: str,
     step: int,
@@ -65,8 +83,21 @@ def train_step(
     gpus_per_pod: int,
     pods_per_step: int,
     timeout_hours: float,
+    s3_endpoint: str,
     s3_secret: str,
     s3_secret_keys: dict,
+    image_pull_policy: str,
+    cpu_request: str,
+    cpu_limit: str,
+    memory_request: str,
+    memory_limit: str,
+    shm_size: str,
+    tmp_size: str,
+    service_account: str,
+    node_selector: dict,
+    tolerations: list,
+    trainjob_runtime: str,
+    delete_after_done: bool,
     manifest: Input[Dataset],
     model: Output[Model],
     teacher: Input[Model] = None,
@@ -74,60 +105,57 @@ def train_step(
     """Train one CISS step with `launcher` (local | pytorchjob | trainjob); the job writes `model`.
 
     Overrides, in order (later wins): data.root=<dataset_uri>, optim.epochs=<epochs>
-    (0 keeps the config's), then `overrides`.
+    (0 keeps the config's), then `overrides`. The pod parameters become the job's
+    `ClusterSpec` in `pipelines.jobspec.cluster_spec`.
     """
-    import hashlib
     import os
 
     import yaml
 
     from dkd_core.config import config_from_dict
-    from dkd_core.launch import ClusterSpec, StepJob, job_name, launch_step
-    from dkd_core.locations import parent
+    from dkd_core.launch import launch_step
     from dkd_core.storage import join, open_store
+    from pipelines import jobspec
 
-    settings = [f"data.root={dataset_uri}", *([f"optim.epochs={epochs}"] if epochs else [])]
-    settings += overrides
+    if s3_endpoint:
+        os.environ["S3_ENDPOINT"] = s3_endpoint  # for this pod, and forwarded to the job's
+    settings = jobspec.step_settings(dataset_uri, epochs, overrides)
     config = config_from_dict(yaml.safe_load(config_yaml), settings, "pipeline config")
     # The job writes the checkpoint at model.uri; KFP then uploads this local folder, empty.
     os.makedirs(model.path, exist_ok=True)
-    config_uri = join(parent(model.uri), "config.yaml")
+    config_uri = jobspec.step_config_uri(model.uri)
     open_store(config_uri).write_text(config_uri, config_yaml)
-    job = StepJob(
-        name=job_name(config.run.name, step, hashlib.sha256(model.uri.encode()).hexdigest()[:6]),
-        config_uri=config_uri,
-        step=step,
-        overrides=settings,
-        teacher=teacher.uri if teacher is not None else None,
-        nproc_per_node=max(gpus_per_pod, 1),
-        nodes=pods_per_step,
-        checkpoint_out=model.uri,
-        manifest=manifest.uri,
-    )
+    job = jobspec.step_job(
+        config.run.name, step, config_uri, settings, model.uri, manifest.uri,
+        teacher.uri if teacher is not None else None, gpus_per_pod, pods_per_step,
+    )  # fmt: skip
+    params = {
+        "namespace": namespace, "image": image, "gpus_per_pod": gpus_per_pod,
+        "timeout_hours": timeout_hours, "s3_secret": s3_secret, "s3_secret_keys": s3_secret_keys,
+        "image_pull_policy": image_pull_policy, "cpu_request": cpu_request,
+        "cpu_limit": cpu_limit, "memory_request": memory_request, "memory_limit": memory_limit,
+        "shm_size": shm_size, "tmp_size": tmp_size, "service_account": service_account,
+        "node_selector": node_selector, "tolerations": tolerations,
+        "trainjob_runtime": trainjob_runtime, "delete_after_done": delete_after_done,
+    }  # fmt: skip
     if launcher == "local":
-        launch_step(launcher, job, timeout_seconds=timeout_hours * 3600)
-    else:
-        forwarded = ("S3_ENDPOINT", "S3_SECURE", "S3_REGION", "AWS_REGION", "S3_RETRY_SECONDS",
-                     "PUSHGATEWAY_URL")  # fmt: skip
-        spec = ClusterSpec(
-            namespace=namespace,
-            image=image,
-            gpus_per_pod=gpus_per_pod,
-            s3_secret=s3_secret or None,
-            s3_secret_env={env: key for key, env in s3_secret_keys.items()} if s3_secret else {},
-            env=[(k, os.environ[k]) for k in forwarded if os.environ.get(k)],
+        launch_step(
+            launcher, job, timeout_seconds=jobspec.launch_options(params)["timeout_seconds"]
         )
-        launch_step(launcher, job, spec, timeout_seconds=timeout_hours * 3600)
+    else:
+        spec = jobspec.cluster_spec(params)
+        launch_step(launcher, job, spec, **jobspec.launch_options(params))
     meta = open_store(model.uri).read_json(join(model.uri, "meta.json"))
     model.metadata["step"] = meta["step"]
     model.metadata["classes_per_step"] = meta["model"]["classes_per_step"]
     model.metadata["task"] = f"{meta['task']['dataset']}:{meta['task']['name']}"
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=LOCAL_IMAGE, install_kfp_package=False)
 def evaluate(
     model: Input[Model],
     manifest: Input[Dataset],
+    s3_endpoint: str,
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
     per_class: Output[Markdown],
@@ -143,11 +171,14 @@ def evaluate(
     this step's: chained from step to step, it gives the report every step.
     """
     import json
+    import os
 
     from dkd_core.evaluate_cli import evaluate_checkpoint
     from dkd_core.locations import parent
     from dkd_core.storage import join, open_store
 
+    if s3_endpoint:
+        os.environ["S3_ENDPOINT"] = s3_endpoint
     output = join(parent(model.uri), "eval", "metrics.json")
     store = open_store(output)
     if not recompute and store.exists(output):
@@ -176,7 +207,7 @@ def evaluate(
         json.dump(history, f)
 
 
-@dsl.component(base_image=IMAGE, install_kfp_package=False)
+@dsl.component(base_image=LOCAL_IMAGE, install_kfp_package=False)
 def report(
     history: Input[Artifact],
     title: str,

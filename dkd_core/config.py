@@ -286,13 +286,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def _read_text(uri: str) -> str:
     """A config file's text, from a local path or an s3:// URI (e.g. written by a pipeline)."""
+    if Path(uri).is_file():  # local: no object store, whose checkpoint code imports torch
+        return Path(uri).read_text()
     from dkd_core.storage import is_remote, open_store
 
     if is_remote(uri):
         return open_store(uri).read_text(uri)
-    if not Path(uri).is_file():
-        raise DKDError(f"config file {uri} does not exist")
-    return Path(uri).read_text()
+    raise DKDError(f"config file {uri} does not exist")
 
 
 def config_from_dict(

@@ -1,7 +1,10 @@
 """`python -m pipelines <command>`: compile, submit or run a benchmark's Kubeflow pipeline.
 
-  compile NAME [--launcher L] [--output build/NAME.yaml]   IR YAML for a cluster
-  submit NAME [--host URL] [--namespace NS] [--experiment E] [--param k=v ...]
+  compile NAME --image IMG [--launcher L] [--output build/NAME.yaml]   IR YAML for a cluster
+  submit NAME --image IMG --data s3://... [--host URL] [--namespace NS] [--experiment E]
+         [--param k=v ...]
+  render-job NAME --step N --launcher pytorchjob|trainjob --image IMG [--param k=v ...]
+         the job manifest a train step creates (pipe to kubectl apply --dry-run=server -f -)
   run NAME --data DIR [--output build/NAME] [--param k=v ...]   locally, with kfp.local
   demo [--output build/demo]       the toy benchmark end to end on this machine
 
@@ -16,64 +19,78 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from components import IMAGE
 from dkd_core.errors import DKDError
-from pipelines import builder
+from pipelines.jobspec import DEFAULT_S3_ENDPOINT, DEFAULT_S3_SECRET
 
 DEMO_IMAGES = 500
 #: The demo's only changes to the toy config: no metrics server, no progress bar in the log.
 DEMO_OVERRIDES = ("train.metrics_port=-1", "train.progress=false")
 
 
-def _add_compile_options(p: argparse.ArgumentParser) -> None:
+def _add_compile_options(p: argparse.ArgumentParser, launchers: Sequence[str]) -> None:
     p.add_argument("name", metavar="NAME", help="config name (pipelines/configs/NAME.yaml) or path")
     p.add_argument(
-        "--launcher", default="pytorchjob", choices=("pytorchjob", "trainjob", "local"),
+        "--launcher", default="pytorchjob", choices=launchers,
         help="how each step is trained: a PyTorchJob, a TrainJob, or torchrun in the "
         "component's pod (default: pytorchjob)",
     )  # fmt: skip
-    p.add_argument("--image", default=IMAGE, help=f"components' and jobs' image ({IMAGE})")
     p.add_argument(
-        "--gpus-per-pod", type=int, default=1, help="default GPUs (= processes) per pod (1)"
-    )
-    p.add_argument(
-        "--s3-secret", default=builder.DEFAULT_S3_SECRET,
-        help=f"Secret with the S3 keys, for the component pods ({builder.DEFAULT_S3_SECRET})",
+        "--image", default=None,
+        help="image of the components and default of the jobs' image parameter, e.g. "
+        "registry.example.org/ml/dkd:0.1.0 (make images push IMAGE=...); required",
     )  # fmt: skip
     p.add_argument(
-        "--s3-secret-key", action="append", default=None, metavar="KEY=ENV",
-        help="map a key of --s3-secret to an env var (default: accesskey=AWS_ACCESS_KEY_ID, "
-        "secretkey=AWS_SECRET_ACCESS_KEY); repeat for each key",
+        "--gpus-per-pod", type=int, default=1,
+        help="default of the gpus_per_pod parameter: GPUs (= processes) per pod (1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--s3-secret", default=DEFAULT_S3_SECRET,
+        help=f"Secret with the S3 keys, for the component pods ({DEFAULT_S3_SECRET})",
+    )  # fmt: skip
+    p.add_argument(
+        "--s3-secret-keys", "--s3-secret-key", action="append", default=None,
+        metavar="KEY=ENV[,KEY=ENV]", dest="s3_secret_keys",
+        help="map keys of --s3-secret to env vars (default: accesskey=AWS_ACCESS_KEY_ID,"
+        "secretkey=AWS_SECRET_ACCESS_KEY)",
     )  # fmt: skip
     p.add_argument(
         "--job-s3-secret", default=None,
-        help="Secret injected into the training jobs' pods under its own key names "
-        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY); default: --s3-secret",
+        help="Secret with the S3 keys for the training jobs' pods (default: --s3-secret, "
+        "with its key mapping)",
     )  # fmt: skip
     p.add_argument(
-        "--s3-endpoint", default=builder.DEFAULT_S3_ENDPOINT,
-        help=f"S3 endpoint seen from the pods ({builder.DEFAULT_S3_ENDPOINT})",
+        "--job-s3-secret-keys", action="append", default=None, metavar="KEY=ENV[,KEY=ENV]",
+        help="map keys of the jobs' Secret to env vars (default for a --job-s3-secret: "
+        "AWS_ACCESS_KEY_ID=AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY=AWS_SECRET_ACCESS_KEY)",
     )  # fmt: skip
+    p.add_argument(
+        "--s3-endpoint", default=DEFAULT_S3_ENDPOINT,
+        help=f"default of the s3_endpoint parameter, as seen from the pods ({DEFAULT_S3_ENDPOINT})",
+    )  # fmt: skip
+
+
+def _key_mapping(option: str, values: Sequence[str] | None) -> dict[str, str] | None:
+    """`KEY=ENV[,KEY=ENV]` values (repeatable) as {key: env}; None when not given."""
+    if values is None:
+        return None
+    keys: dict[str, str] = {}
+    for item in (i.strip() for v in values for i in v.split(",")):
+        key, sep, env = item.partition("=")
+        if not sep or not key or not env:
+            raise DKDError(f"{option} {item!r}: expected KEY=ENV, e.g. accesskey=AWS_ACCESS_KEY_ID")
+        keys[key] = env
+    return keys
 
 
 def _compile_options(args: argparse.Namespace) -> dict:
-    keys = None
-    if args.s3_secret_key:
-        keys = {}
-        for item in args.s3_secret_key:
-            key, sep, env = item.partition("=")
-            if not sep or not key or not env:
-                raise DKDError(
-                    f"--s3-secret-key {item!r}: expected KEY=ENV, e.g. accesskey=AWS_ACCESS_KEY_ID"
-                )
-            keys[key] = env
     return {
         "launcher": args.launcher,
         "image": args.image,
         "gpus_per_pod": args.gpus_per_pod,
         "s3_secret": args.s3_secret,
-        "s3_secret_keys": keys,
+        "s3_secret_keys": _key_mapping("--s3-secret-keys", args.s3_secret_keys),
         "job_s3_secret": args.job_s3_secret,
+        "job_s3_secret_keys": _key_mapping("--job-s3-secret-keys", args.job_s3_secret_keys),
         "s3_endpoint": args.s3_endpoint,
     }
 
@@ -90,30 +107,58 @@ def _add_param_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from pipelines import builder
+
     output = Path(args.output or f"build/{Path(args.name).stem}.yaml")
     path = builder.compile_pipeline(args.name, output, **_compile_options(args))
-    print(f"compiled {args.name} ({args.launcher}) -> {path}")
+    print(f"compiled {args.name} ({args.launcher}, image {args.image}) -> {path}")
     return 0
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def submit_request(args: argparse.Namespace) -> tuple[Path, dict]:
+    """The config and the run's parameters of `submit`, checked before anything is compiled."""
     from dkd_core.config import load_config
+    from pipelines import builder
     from pipelines.params import parse_params
-    from pipelines.submit import check_dataset_uri, resolve_host, submit
+    from pipelines.submit import check_dataset_uri
 
-    host = resolve_host(args.host)  # before compiling: a missing host is the first thing to say
     options = _compile_options(args)
     config = builder.config_path(args.name)
     pipeline = builder.build_pipeline(config, **options)
     params = parse_params(pipeline, args.param)
+    if args.data:
+        if params.get("dataset_uri", args.data) != args.data:
+            raise DKDError("--data and --param dataset_uri name different datasets: give one")
+        params["dataset_uri"] = args.data
     if args.override:
         params["overrides"] = [*params.get("overrides", []), *args.override]
-    resolved = load_config(config, params.get("overrides", []))  # a typo fails here, not later
-    check_dataset_uri(params.get("dataset_uri", resolved.data.root))
-    if args.namespace and "namespace" not in params:
-        params["namespace"] = args.namespace  # the jobs run where the pipeline runs
+    load_config(config, params.get("overrides", []))  # a typo fails here, not later
+    if "dataset_uri" not in params:
+        raise DKDError(
+            "no dataset: pass DATA=s3://bucket/prefix (make submit) or --data s3://bucket/prefix"
+        )
+    job_secret, _ = builder.job_s3_access(
+        args.s3_secret, options["s3_secret_keys"], args.job_s3_secret
+    )
+    profile_secrets = tuple(
+        dict.fromkeys(s for s in (args.s3_secret, job_secret) if s == builder.DEFAULT_S3_SECRET)
+    )
+    check_dataset_uri(params["dataset_uri"], namespace=args.namespace,
+                      profile_secrets=profile_secrets)  # fmt: skip
+    return config, params
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from pipelines import builder
+    from pipelines.submit import resolve_host, submit
+
+    host = resolve_host(args.host)  # before compiling: a missing host is the first thing to say
+    config, params = submit_request(args)
+    pipeline = builder.build_pipeline(config, **_compile_options(args))
     with tempfile.TemporaryDirectory() as tmp:
-        package = builder.compile_pipeline(config, Path(tmp) / "pipeline.yaml", **options)
+        package = builder.compile_pipeline(
+            config, Path(tmp) / "pipeline.yaml", **_compile_options(args)
+        )
         result = submit(
             package,
             pipeline.name,
@@ -128,7 +173,23 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_job(args: argparse.Namespace) -> int:
+    from pipelines.render import render_step, to_yaml
+
+    params = list(args.param)
+    if args.pods_per_step is not None:
+        params.append(f"pods_per_step={args.pods_per_step}")
+    if args.data:
+        params.append(f"dataset_uri={args.data}")
+    options = _compile_options(args)
+    options.pop("launcher")
+    manifest = render_step(args.name, args.step, args.launcher, params, args.namespace, **options)
+    sys.stdout.write(to_yaml(manifest))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
+    from pipelines import builder
     from pipelines.local import format_run, run_local
 
     config = builder.config_path(args.name)
@@ -159,20 +220,42 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    launchers = ("pytorchjob", "trainjob", "local")
 
     p = sub.add_parser("compile", help="compile a benchmark's pipeline to IR YAML")
-    _add_compile_options(p)
+    _add_compile_options(p, launchers)
     p.add_argument("--output", help="YAML file to write (default: build/NAME.yaml)")
     p.set_defaults(handler=cmd_compile)
 
     p = sub.add_parser("submit", help="compile, upload and start a run on Kubeflow Pipelines")
-    _add_compile_options(p)
+    _add_compile_options(p, launchers)
     _add_param_options(p)
+    p.add_argument("--data", help="dataset_uri of the run: s3://bucket/prefix (or minio://)")
     p.add_argument("--host", help="KFP API/UI address (default: $KFP_HOST)")
     p.add_argument("--token", help="bearer token for the KFP endpoint (default: $KFP_TOKEN)")
-    p.add_argument("--namespace", help="KFP namespace (multi-user); also the jobs' namespace")
+    p.add_argument(
+        "--namespace", help="KFP namespace (multi-user: the profile); the pipeline, experiment "
+        "and run live there, and the jobs run there unless the namespace parameter is set",
+    )  # fmt: skip
     p.add_argument("--experiment", help="experiment (created if missing; default: the pipeline)")
     p.set_defaults(handler=cmd_submit)
+
+    p = sub.add_parser(
+        "render-job", help="print the job manifest a train step creates (YAML)",
+        description="Print the PyTorchJob or TrainJob a train step of the pipeline creates, "
+        "from the pipeline's parameters (pipe it to kubectl apply --dry-run=server -f -).",
+    )  # fmt: skip
+    _add_compile_options(p, ("pytorchjob", "trainjob"))
+    _add_param_options(p)
+    p.add_argument("--step", type=int, required=True, help="CISS step (0 = base step)")
+    p.add_argument("--pods-per-step", type=int, default=None, help="pods of the job (1)")
+    p.add_argument("--data", help="dataset_uri parameter (default: s3://DATASET)")
+    p.add_argument(
+        "--namespace", default="kubeflow",
+        help="the component pod's namespace, used when the namespace parameter is empty "
+        "(default: kubeflow)",
+    )  # fmt: skip
+    p.set_defaults(handler=cmd_render_job)
 
     p = sub.add_parser("run", help="run a benchmark's pipeline locally with kfp.local (CPU)")
     p.add_argument("name", metavar="NAME", help="config name (pipelines/configs/NAME.yaml) or path")

@@ -8,12 +8,26 @@ teacher; evaluate t+1 takes evaluate t's history, so the report gets every
 step's metrics. Evaluate t and train t+1 depend on nothing of each other and
 may run side by side.
 
-What a cluster needs (S3 credentials and endpoint in the component pods, GPUs
-for the tasks that compute in their own pod, retries) is set only when
-`cluster=True`; `kfp.local` runs use `cluster=False`.
+Run-time settings are pipeline parameters, shown in the KFP UI: the dataset
+(required), the S3 endpoint, the jobs' image, namespace and pods
+(`pipelines.jobspec.POD_DEFAULTS`). Compile-time: the launcher, the image the
+components run on (also the default of `image`) and the Secrets with S3 keys.
+What a cluster needs (S3 Secrets in the component pods, GPUs for a step that
+trains in its own pod, retries) is set only when `cluster=True`; `kfp.local`
+runs use `cluster=False`.
+
+Caching is on for every task. It is safe for train steps: KFP records a task
+in its cache, and registers its Model, only after the executor succeeded
+(kfp backend `src/v2/component/launcher_v2.go`: the cache entry is created
+after `executeV2` returns without error), so a resubmitted run reuses the
+steps that finished and trains the rest. A retry of a failed task (its retry
+policy, or Retry in the UI) re-runs the executor with the same output URIs, so
+the step's job resumes from the newest periodic checkpoint beside its Model.
 """
 
 # No `from __future__ import annotations`: KFP reads the pipeline's annotations as types.
+import ast
+import copy
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,20 +37,30 @@ import yaml
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Markdown
 
-from components import IMAGE, with_image
+from components import LOCAL_IMAGE, with_image
 from dkd_core.config import Config, config_to_dict, load_config
 from dkd_core.errors import DKDError
 from dkd_core.launch import LAUNCHERS
-from dkd_core.step_data import task_of
+from dkd_core.tasks import Task, get_task
+from pipelines.jobspec import (
+    DEFAULT_JOB_S3_KEYS,
+    DEFAULT_S3_ENDPOINT,
+    DEFAULT_S3_KEYS,
+    DEFAULT_S3_SECRET,
+    POD_DEFAULTS,
+    RUN_ID_ENV,
+)
 
 CONFIGS = Path(__file__).parent / "configs"
 GPU = "nvidia.com/gpu"
-#: KFP's own `mlpipeline-minio-artifact` Secret holds the keys accesskey/secretkey.
-DEFAULT_S3_SECRET = "mlpipeline-minio-artifact"
-DEFAULT_S3_KEYS = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
-DEFAULT_S3_ENDPOINT = "http://minio-service.kubeflow:9000"
+#: Pod label the KFP API server puts on every pod of a run, with the run's id.
+KFP_RUN_ID_LABEL = "pipeline/runid"
 TRAIN_RETRIES = 2
 TRAIN_RETRY_BACKOFF = "60s"
+NO_IMAGE = (
+    "no image for the cluster: pass --image REGISTRY/dkd:TAG (make compile|submit IMAGE=...), "
+    "an image built and pushed with `make images push IMAGE=REGISTRY/dkd:TAG`"
+)
 
 
 class PipelineOutputs(NamedTuple):
@@ -72,65 +96,86 @@ def pipeline_name(config: Config) -> str:
     return "dkd-" + (re.sub(r"[^a-z0-9]+", "-", config.run.name.lower()).strip("-") or "run")
 
 
+def _task(config: Config) -> Task:
+    c = config.task
+    return get_task(c.dataset, c.name, c.setting, num_classes=c.num_classes)
+
+
+def job_s3_access(
+    s3_secret: str = DEFAULT_S3_SECRET,
+    s3_secret_keys: Mapping[str, str] | None = None,
+    job_s3_secret: str | None = None,
+    job_s3_secret_keys: Mapping[str, str] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """(Secret, Secret key -> env) of the training jobs' pods: `job_s3_secret` with its own
+    mapping (default `DEFAULT_JOB_S3_KEYS`), or the components' Secret with theirs."""
+    if job_s3_secret is None:
+        secret = s3_secret
+        keys = dict(DEFAULT_S3_KEYS if s3_secret_keys is None else s3_secret_keys)
+    else:
+        secret, keys = job_s3_secret, dict(DEFAULT_JOB_S3_KEYS)
+    if job_s3_secret_keys is not None:
+        keys = dict(job_s3_secret_keys)
+    return secret, keys
+
+
 def build_pipeline(
     config_path: str | Path,
     launcher: str = "pytorchjob",
-    image: str = IMAGE,
+    image: str | None = None,
     gpus_per_pod: int = 1,
     s3_secret: str = DEFAULT_S3_SECRET,
     s3_endpoint: str = DEFAULT_S3_ENDPOINT,
     s3_secret_keys: Mapping[str, str] | None = None,
     job_s3_secret: str | None = None,
+    job_s3_secret_keys: Mapping[str, str] | None = None,
     cluster: bool = True,
 ) -> Callable:
     """The pipeline function of the benchmark config at `config_path`.
 
     - `launcher`: how train_step runs a step (`local`: torchrun in the component's
       own pod; `pytorchjob`/`trainjob`: a Kubeflow job it creates and watches).
-    - `image`: the components' base image and the default of the jobs' image.
-    - `gpus_per_pod`: default of the pipeline parameter (processes per pod = GPUs);
-      with 0 nothing asks for a GPU.
-    - `s3_secret`, `s3_secret_keys` (Secret key -> env name), `s3_endpoint`: S3
-      access of the component pods. The training jobs' pods get the Secret
-      `job_s3_secret` (default `s3_secret`) with the same key mapping, so KFP's
-      own `mlpipeline-minio-artifact` serves both.
+    - `image`: the components' base image and the default of the `image`
+      parameter (the jobs' image). Required for a cluster; kfp.local runs the
+      components in this environment.
+    - `gpus_per_pod`: default of the `gpus_per_pod` parameter (processes per pod
+      = GPUs; 0: CPU).
+    - `s3_secret` with `s3_secret_keys` (Secret key -> env name): S3 keys of the
+      component pods. The training jobs' pods get `job_s3_secret` (default
+      `s3_secret`) with `job_s3_secret_keys` (default: the component's mapping
+      for the same Secret, `DEFAULT_JOB_S3_KEYS` for another one).
+    - `s3_endpoint`: default of the `s3_endpoint` parameter.
     - `cluster=False` leaves out every Kubernetes setting (for `kfp.local`).
     """
     if launcher not in LAUNCHERS:
         raise DKDError(f"launcher {launcher!r}: expected one of {', '.join(sorted(LAUNCHERS))}")
     if not isinstance(gpus_per_pod, int) or isinstance(gpus_per_pod, bool) or gpus_per_pod < 0:
         raise DKDError(f"gpus_per_pod must be an integer >= 0, got {gpus_per_pod!r}")
-    if not isinstance(image, str) or not image.strip():
-        raise DKDError("image must be a non-empty image reference")
+    if image is None or (isinstance(image, str) and not image.strip()):
+        if cluster:
+            raise DKDError(NO_IMAGE)
+        image = LOCAL_IMAGE
+    if not isinstance(image, str) or any(c.isspace() for c in image):
+        raise DKDError(f"image {image!r} is not an image reference (REGISTRY/NAME:TAG)")
     config = load_config(config_path)
-    task = task_of(config)
+    task = _task(config)
     config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     keys = dict(DEFAULT_S3_KEYS if s3_secret_keys is None else s3_secret_keys)
-    job_secret = s3_secret if job_s3_secret is None else job_s3_secret
+    job_secret, job_keys = job_s3_access(s3_secret, keys, job_s3_secret, job_s3_secret_keys)
     c = with_image(image)
-    default_image, default_gpus = image, gpus_per_pod
+    default_image, default_gpus, default_endpoint = image, gpus_per_pod, s3_endpoint
+    pod = copy.deepcopy(POD_DEFAULTS)  # KFP may reorder a default dict in place: a copy per build
 
-    def on_cluster(t: dsl.PipelineTask, name: str, s3: bool = True, gpus: int = 0) -> None:
-        """Display name, S3 access and, for a pod that computes (`gpus`), GPUs and /dev/shm.
-
-        Nothing of it has an effect under kfp.local, which would warn about it.
-        """
+    def on_cluster(t: dsl.PipelineTask, name: str, s3: bool = True) -> None:
+        """Display name and S3 keys; nothing of it has an effect under kfp.local (which would
+        warn about it)."""
         if not cluster:
             return
         from kfp import kubernetes
 
         t.set_display_name(name)
-        if not s3:
-            return
-        if s3_secret:
+        if s3 and s3_secret:
             kubernetes.use_secret_as_env(t, secret_name=s3_secret, secret_key_to_env=keys)
-        t.set_env_variable("S3_ENDPOINT", s3_endpoint)
-        if gpus:  # data-loader workers share tensors through /dev/shm (64 MiB by default)
-            kubernetes.empty_dir_mount(
-                t, volume_name="dshm", mount_path="/dev/shm", medium="Memory"
-            )
-            if default_gpus > 0:
-                t.set_accelerator_type(GPU).set_accelerator_limit(gpus)
 
     @dsl.pipeline(
         name=pipeline_name(config),
@@ -138,16 +183,32 @@ def build_pipeline(
         f"({task.setting}, {task.num_steps} steps), launcher {launcher}",
     )
     def pipeline(
-        dataset_uri: str = config.data.root,
+        dataset_uri: str,
+        s3_endpoint: str = default_endpoint,
         image: str = default_image,
+        namespace: str = "",
         gpus_per_pod: int = default_gpus,
         pods_per_step: int = 1,
         epochs: int = config.optim.epochs,
         overrides: list = [],  # noqa: B006 - KFP reads the default from the signature
-        namespace: str = "kubeflow",
         timeout_hours: float = 48.0,
+        delete_after_done: bool = pod["delete_after_done"],
+        image_pull_policy: str = pod["image_pull_policy"],
+        cpu_request: str = pod["cpu_request"],
+        cpu_limit: str = pod["cpu_limit"],
+        memory_request: str = pod["memory_request"],
+        memory_limit: str = pod["memory_limit"],
+        shm_size: str = pod["shm_size"],
+        tmp_size: str = pod["tmp_size"],
+        service_account: str = pod["service_account"],
+        node_selector: dict = pod["node_selector"],
+        tolerations: list = pod["tolerations"],
+        trainjob_runtime: str = pod["trainjob_runtime"],
     ) -> PipelineOutputs:
-        split = c.split_data(config_yaml=config_yaml, dataset_uri=dataset_uri, overrides=overrides)
+        split = c.split_data(
+            config_yaml=config_yaml, dataset_uri=dataset_uri, overrides=overrides,
+            s3_endpoint=s3_endpoint,
+        )  # fmt: skip
         on_cluster(split, "split")
         manifest = split.outputs["manifest"]
         teacher = history = None
@@ -156,19 +217,37 @@ def build_pipeline(
                 config_yaml=config_yaml, step=t, dataset_uri=dataset_uri, overrides=overrides,
                 epochs=epochs, launcher=launcher, image=image, namespace=namespace,
                 gpus_per_pod=gpus_per_pod, pods_per_step=pods_per_step,
-                timeout_hours=timeout_hours, s3_secret=job_secret if cluster else "",
-                s3_secret_keys=keys if cluster else {},
+                timeout_hours=timeout_hours, s3_endpoint=s3_endpoint,
+                s3_secret=job_secret if cluster else "",
+                s3_secret_keys=job_keys if cluster else {},
+                image_pull_policy=image_pull_policy, cpu_request=cpu_request,
+                cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
+                shm_size=shm_size, tmp_size=tmp_size, service_account=service_account,
+                node_selector=node_selector, tolerations=tolerations,
+                trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
                 manifest=manifest, **({"teacher": teacher} if teacher is not None else {}),
             )  # fmt: skip
-            train.set_caching_options(False)
-            # launcher local: the step trains in this task's own pod, on gpus_per_pod GPUs
-            on_cluster(train, f"train step {t}", gpus=max(default_gpus, 1) * (launcher == "local"))
+            on_cluster(train, f"train step {t}")
             if cluster:
+                from kfp import kubernetes
+
+                # The run id labels the job (orphans can be found); an env var from the
+                # pod's label, not an input, so it stays out of the cache key.
+                kubernetes.use_field_path_as_env(
+                    train, RUN_ID_ENV, f"metadata.labels['{KFP_RUN_ID_LABEL}']"
+                )
                 train.set_retry(num_retries=TRAIN_RETRIES, backoff_duration=TRAIN_RETRY_BACKOFF)
+                if launcher == "local":  # the step trains in this task's own pod
+                    # data-loader workers share tensors through /dev/shm (64 MiB by default)
+                    kubernetes.empty_dir_mount(
+                        train, volume_name="dshm", mount_path="/dev/shm", medium="Memory"
+                    )
+                    train.set_accelerator_type(GPU).set_accelerator_limit(gpus_per_pod)
             teacher = train.outputs["model"]
             evaluation = c.evaluate(
                 model=teacher,
                 manifest=manifest,
+                s3_endpoint=s3_endpoint,
                 **({"history_in": history} if history is not None else {}),
             )
             # Reads the metrics the training job computed: no GPU, no /dev/shm.
@@ -184,6 +263,38 @@ def build_pipeline(
         )
 
     return pipeline
+
+
+_HEADER_DEFAULT = re.compile(r"^(#    \w+: \w+ \[Default: )(.*)(\])$")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _stable_header(text: str) -> str:
+    """The IR with the keys of dict defaults sorted in its header comment.
+
+    kfp 2.17 prints each parameter's default there from a protobuf Struct, whose
+    key order changes from process to process (e.g. the tolerations' default);
+    the YAML body is sorted already.
+    """
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            break
+        m = _HEADER_DEFAULT.match(line)
+        if m and m.group(2)[:1] in "[{":
+            try:
+                value = ast.literal_eval(m.group(2))
+            except (ValueError, SyntaxError):
+                continue
+            lines[i] = f"{m.group(1)}{_sorted(value)}{m.group(3)}"
+    return "\n".join(lines)
 
 
 def compile_pipeline(config: str | Path, output: str | Path, **options: Any) -> Path:
@@ -203,6 +314,7 @@ def compile_pipeline(config: str | Path, output: str | Path, **options: Any) -> 
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     try:
         compiler.Compiler().compile(pipeline, str(partial))
+        partial.write_text(_stable_header(partial.read_text()))
         partial.replace(output)
     finally:
         partial.unlink(missing_ok=True)

@@ -103,6 +103,8 @@ def run_local(
     pipeline = build_pipeline(config_path, launcher="local", gpus_per_pod=0, cluster=False)
     arguments = parse_params(pipeline, params)
     arguments["dataset_uri"] = str(data)
+    # The tasks run here: they use this environment's S3_ENDPOINT (if any), not the cluster's.
+    arguments.setdefault("s3_endpoint", "")
     if overrides:
         arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
     load_config(config_path, arguments.get("overrides", []))  # a typo fails here, not in a task

@@ -32,7 +32,22 @@ def _parse_value(name: str, kind: str, raw: str) -> Any:
             value = [v.strip() for v in raw.split(",") if v.strip()]
         if not isinstance(value, list):
             raise DKDError(f"--param {name}={raw!r}: expected a list, e.g. [a=1, b=2] or a=1,b=2")
-        return [str(v) for v in value]
+        # Mappings stay mappings (tolerations); scalars are strings (overrides: key=value).
+        return [v if isinstance(v, dict) else str(v) for v in value]
+    if kind == "Dict":
+        try:
+            value = yaml.safe_load(raw) if raw.strip().startswith("{") else None
+        except yaml.YAMLError:
+            value = None
+        if value is None and raw.strip():  # k=v,k=v
+            pairs = [item.partition("=") for item in raw.split(",") if item.strip()]
+            if all(sep and k.strip() for k, sep, _ in pairs):
+                value = {k.strip(): v.strip() for k, _, v in pairs}
+        if not isinstance(value, dict):
+            raise DKDError(
+                f'--param {name}={raw!r}: expected a mapping, e.g. {{"k": "v"}} or k=v,k2=v2'
+            )
+        return value
     return raw
 
 

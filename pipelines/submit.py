@@ -102,23 +102,74 @@ def _client_errors() -> tuple[type[BaseException], ...]:
     return (kfp_server_api.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
-def check_dataset_uri(uri: str, env: Mapping[str, str] | None = None) -> None:
-    """Pods in a cluster read the dataset from the object store: `uri` must be s3:// (or
-    minio://) and, when this machine can reach the store (S3_ENDPOINT/MINIO_ENDPOINT set),
-    hold objects. Raises DKDError before anything is submitted."""
-    from dkd_core.errors import DKDError
-    from dkd_core.storage import is_remote, open_store
+#: Bucket of KFP's object store; in multi-user Kubeflow a profile's keys (its
+#: `mlpipeline-minio-artifact`) may read and write only these prefixes of it (the
+#: pipelines profile controller's policy, manifests/.../pipelines-profile-controller/sync.py).
+KFP_BUCKET = "mlpipeline"
+
+
+def profile_prefixes(namespace: str) -> tuple[str, ...]:
+    """Key prefixes of KFP's bucket that the keys of profile `namespace` may read."""
+    return (f"private/{namespace}/", "shared/")
+
+
+def check_dataset_uri(
+    uri: str,
+    env: Mapping[str, str] | None = None,
+    namespace: str | None = None,
+    profile_secrets: tuple[str, ...] = (),
+) -> None:
+    """Refuse, before anything is submitted, a dataset the pods could not read.
+
+    - `uri` must be s3:// (or minio://): pods in a cluster cannot read this machine's files.
+    - With a (profile) `namespace` and pods reading the store with the profile's own keys
+      (`profile_secrets`: the Secrets among the component's and the jobs' that are KFP's
+      `mlpipeline-minio-artifact`), it must lie in `s3://mlpipeline/private/<namespace>/`
+      or `s3://mlpipeline/shared/`.
+    - When this machine can reach the store (S3_ENDPOINT/MINIO_ENDPOINT set), it must
+      hold objects.
+    """
+    from dkd_core.storage import is_remote, open_store, split_s3_uri
 
     env = os.environ if env is None else env
     if not is_remote(uri):
         raise DKDError(
             f"dataset_uri {uri!r} is not an s3:// URI: pods in the cluster cannot read files "
-            "of this machine; upload the dataset and pass --param dataset_uri=s3://bucket/prefix"
+            "of this machine; upload the dataset and pass DATA=s3://bucket/prefix "
+            "(--data, or --param dataset_uri=...)"
         )
+    if namespace and profile_secrets:
+        bucket, key = split_s3_uri(uri)
+        key = key.rstrip("/") + "/"
+        allowed = profile_prefixes(namespace)
+        if bucket != KFP_BUCKET or not key.startswith(allowed):
+            where = " or ".join(f"s3://{KFP_BUCKET}/{p}..." for p in allowed)
+            raise DKDError(
+                f"dataset_uri {uri}: the keys of profile {namespace} (Secret "
+                f"{profile_secrets[0]}) may read only {where}; upload the dataset there, or "
+                "give the pods keys that can read it (--s3-secret, --job-s3-secret)"
+            )
     if not (env.get("S3_ENDPOINT") or env.get("MINIO_ENDPOINT")):
         return  # the store is not reachable from here; the split step will say if it is wrong
     if not open_store(uri).list(uri, recursive=False):
         raise DKDError(f"dataset_uri {uri} holds no objects: upload the dataset there first")
+
+
+def find_pipeline(client: Any, name: str, namespace: str | None) -> str | None:
+    """The id of the pipeline called `name` in `namespace` (None: shared), if there is one.
+
+    (`kfp.Client.get_pipeline_id` takes no namespace: in multi-user Kubeflow it looks
+    among the shared pipelines only, so a pipeline uploaded to a namespace is not found
+    and the second upload fails.)
+    """
+    flt = json.dumps(
+        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+    )
+    found = client.list_pipelines(filter=flt, namespace=namespace, page_size=2).pipelines or []
+    if len(found) > 1:
+        where = f"namespace {namespace}" if namespace else "the shared pipelines"
+        raise DKDError(f"{len(found)} pipelines are named {name} in {where}: rename or delete one")
+    return found[0].pipeline_id if found else None
 
 
 def submit(
@@ -145,10 +196,10 @@ def submit(
                 warnings.catch_warnings()
             ):  # "This client only works with KFP v2.0.0-beta.2 and later"
                 warnings.simplefilter("ignore", FutureWarning)
-                client = kfp.Client(
+                client = kfp.Client(  # kfp's own default namespace when none is given
                     host=host, namespace=namespace or "kubeflow", existing_token=token
                 )
-        pipeline_id = client.get_pipeline_id(pipeline_name)
+        pipeline_id = find_pipeline(client, pipeline_name, namespace)
         if pipeline_id is None:
             pipeline_id = client.upload_pipeline(
                 str(package), pipeline_name=pipeline_name, description=description,

@@ -5,7 +5,8 @@
 #   2. the DKD image, loaded into the nodes (when DKD_IMAGE is set)
 #   3. Kubeflow Pipelines standalone, platform-agnostic manifests (namespace kubeflow)
 #   4. Kubeflow training operator v1, standalone manifests (PyTorchJob)
-#   5. Kubeflow Trainer v2 with its runtimes (TrainJob) - only with INSTALL_TRAINER_V2=1
+#   5. Kubeflow Trainer v2 with its runtimes and ours, dkd-torch-distributed (TrainJob) - only
+#      with INSTALL_TRAINER_V2=1 (the kind end-to-end test sets it: it runs both launchers)
 #   6. the prometheus-operator CRDs PodMonitor and ServiceMonitor (CRDs only, no Prometheus)
 #   7. the Secret minio-credentials, with random keys, unless it exists
 #   8. k8s/overlays/kind (MinIO, buckets, RBAC, training pod settings, PodMonitor, dashboard)
@@ -18,8 +19,9 @@ set -euo pipefail
 
 KIND_CLUSTER="${KIND_CLUSTER:-dkd}"
 KIND_VERSION="v0.33.0"                                    # the kind release cluster.yaml is for
-# Same as the kfp SDK pin in pyproject.toml (kfp==2.17.0); since 2.15 the object store of the
-# platform-agnostic manifests is SeaweedFS behind the S3 API (service minio-service).
+# Same as the kfp SDK pin in pyproject.toml (kfp==2.17.0). Its object store is SeaweedFS behind
+# the S3 API: Service seaweedfs in kubeflow, port 9000 (-> 8333), Secret
+# mlpipeline-minio-artifact (keys accesskey/secretkey); KFP 2.16 removed minio-service.
 KFP_VERSION="${KFP_VERSION:-2.17.0}"
 TRAINING_OPERATOR_VERSION="${TRAINING_OPERATOR_VERSION:-v1.9.4}"   # PyTorchJob kubeflow.org/v1
 INSTALL_TRAINER_V2="${INSTALL_TRAINER_V2:-0}"
@@ -79,6 +81,8 @@ if [[ "${INSTALL_TRAINER_V2}" == "1" ]]; then
   k wait --for=condition=Established --timeout=120s crd/trainjobs.trainer.kubeflow.org
   k -n kubeflow-system wait --for=condition=Available --timeout="${WAIT_TIMEOUT}" deployment --all
   k apply --server-side -k "github.com/kubeflow/trainer.git/manifests/overlays/runtimes?ref=${TRAINER_VERSION}"
+  # Our ClusterTrainingRuntime dkd-torch-distributed (the TrainJobs' default runtime).
+  k apply --server-side -k "${REPO_ROOT}/k8s/base/trainer-runtime"
 fi
 
 step "prometheus-operator ${PROMETHEUS_OPERATOR_VERSION} CRDs (PodMonitor, ServiceMonitor)"
@@ -112,6 +116,9 @@ cat <<EOM
 DKD is deployed on kind cluster '${KIND_CLUSTER}' (context ${CONTEXT}, namespace ${NAMESPACE}).
   KFP API and UI:  kubectl --context ${CONTEXT} -n ${NAMESPACE} port-forward svc/ml-pipeline-ui 8080:80
                    then open http://localhost:8080 (the API answers there too)
-  MinIO (S3):      kubectl --context ${CONTEXT} -n ${NAMESPACE} port-forward svc/dkd-minio 9000:9000
-  S3 keys:         kubectl --context ${CONTEXT} -n ${NAMESPACE} get secret minio-credentials -o yaml
+  KFP's store:     kubectl --context ${CONTEXT} -n ${NAMESPACE} port-forward svc/seaweedfs 9000:9000
+                   (the pipelines' default s3_endpoint, http://seaweedfs.kubeflow:9000; keys in
+                   the Secret mlpipeline-minio-artifact, accesskey/secretkey)
+  Our MinIO (S3):  kubectl --context ${CONTEXT} -n ${NAMESPACE} port-forward svc/dkd-minio 9000:9000
+                   (keys in the Secret minio-credentials)
 EOM

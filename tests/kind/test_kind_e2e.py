@@ -4,17 +4,24 @@ Marked `kind` (the default `make test` runs `-m "not kind"`); `make kind-test` r
 skips, with the reason, when Docker (with a running engine), kind, kubectl or git is missing.
 
 1. Build the CPU image (docker/Dockerfile.cpu), unless DKD_KIND_IMAGE names one that exists.
-2. k8s/kind/install.sh: create the kind cluster, load the image, install Kubeflow Pipelines,
-   the training operator, the prometheus-operator CRDs and k8s/overlays/kind; wait for them.
-3. Generate the toy dataset and upload it to MinIO (s3://dkd-datasets/<run>/toy).
-4. `python -m pipelines submit toy --host <KFP API> --param ...` with the `pytorchjob`
-   launcher on 2 pods (CPU: gloo), outputs under s3://dkd-runs/<run>.
-5. Wait for the run to succeed (kfp.Client), check the PyTorchJobs ran on 2 pods and
-   succeeded, and that the evaluation metrics JSON is in MinIO.
+2. k8s/kind/install.sh with INSTALL_TRAINER_V2=1: create the kind cluster, load the image,
+   install Kubeflow Pipelines 2.17 (object store: Service seaweedfs in kubeflow), the training
+   operator (PyTorchJob), Trainer v2 with its runtimes (TrainJob), the prometheus-operator
+   CRDs and k8s/overlays/kind; wait for them.
+3. Through a port-forward to svc/seaweedfs (port 9000, keys of the Secret
+   mlpipeline-minio-artifact), upload the toy dataset to s3://mlpipeline/shared/<run>/toy.
+4. Twice, once per launcher (pytorchjob, trainjob): `python -m pipelines submit toy --host
+   <KFP API> --image <image> --launcher L --data s3://... --param ...` on 2 pods per step
+   (CPU: gloo), with delete_after_done=false so the jobs stay for inspection. The jobs'
+   namespace is left empty: the component pods' own (kubeflow).
+5. Wait for each run to succeed (kfp.Client); check that the KFP run's train tasks
+   succeeded, that each created one job per step (found by the KFP run id label the
+   launcher puts on it, and carrying the pod name of one of the run's train tasks) on 2
+   pods that completed, and that every step's eval/metrics.json is in the store.
 
 Environment: DKD_KIND_CLUSTER (default dkd-e2e), DKD_KIND_IMAGE (default: built here),
 DKD_KIND_KEEP=1 keeps a cluster this test created, DKD_KIND_TIMEOUT (seconds, default 2400)
-for the run, DKD_KIND_SUBMIT_PARAMS (extra `k=v` params, space-separated).
+per run, DKD_KIND_SUBMIT_PARAMS (extra `k=v` params, space-separated).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from dkd_core.launch import KFP_POD_NAME_LABEL, KFP_RUN_ID_LABEL, label_value
 
 pytestmark = pytest.mark.kind
 
@@ -135,7 +144,7 @@ def cluster() -> Iterator[str]:
         image = image or "dkd:kind-e2e-cpu"
         run(["docker", "build", "-f", "docker/Dockerfile.cpu", "-t", image, "."], timeout=3600)
     existed = CLUSTER in run(["kind", "get", "clusters"], capture_output=True).stdout.split()
-    env = {**os.environ, "KIND_CLUSTER": CLUSTER, "DKD_IMAGE": image}
+    env = {**os.environ, "KIND_CLUSTER": CLUSTER, "DKD_IMAGE": image, "INSTALL_TRAINER_V2": "1"}
     try:
         run(["bash", "k8s/kind/install.sh"], timeout=3600, env=env)
         yield image
@@ -144,15 +153,15 @@ def cluster() -> Iterator[str]:
             subprocess.run(["kind", "delete", "cluster", "--name", CLUSTER], check=False)
 
 
-# A pipeline's checkpoints are its Model artifacts, in the object store Kubeflow
-# Pipelines runs (minio-service in kubeflow, Secret mlpipeline-minio-artifact with the
-# keys accesskey/secretkey); the dataset goes there too, so one endpoint serves all.
-KFP_STORE_SERVICE, KFP_STORE_SECRET, KFP_BUCKET = (
-    "minio-service",
-    "mlpipeline-minio-artifact",
-    "mlpipeline",
-)
-KFP_STORE_ENDPOINT = f"http://{KFP_STORE_SERVICE}.{NAMESPACE}:9000"
+# A pipeline's checkpoints are its Model artifacts, in the object store Kubeflow Pipelines
+# 2.17 runs: the Service seaweedfs in kubeflow (port 9000 -> SeaweedFS's S3 port 8333), with
+# KFP's Secret mlpipeline-minio-artifact (keys accesskey/secretkey). The dataset goes there
+# too, under shared/ (where a profile's keys may also read), so one endpoint serves all;
+# the pipeline's s3_endpoint parameter keeps its default, that Service.
+KFP_STORE_SERVICE, KFP_STORE_PORT = "seaweedfs", 9000
+KFP_STORE_SECRET, KFP_BUCKET = "mlpipeline-minio-artifact", "mlpipeline"
+LAUNCHERS = ("pytorchjob", "trainjob")
+TOY_STEPS = 3
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +171,7 @@ def s3(cluster: str) -> Iterator[Any]:
 
     secret = json.loads(kubectl("-n", NAMESPACE, "get", "secret", KFP_STORE_SECRET, "-o", "json"))
     keys = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
-    with port_forward(KFP_STORE_SERVICE, 9000) as url:
+    with port_forward(KFP_STORE_SERVICE, KFP_STORE_PORT) as url:
         yield Minio(
             url.removeprefix("http://"),
             access_key=keys["accesskey"],
@@ -181,22 +190,27 @@ def toy_data(s3: Any, run_prefix: str, tmp_path_factory: pytest.TempPathFactory)
     """The toy dataset, generated here and uploaded to KFP's object store; its s3:// URI."""
     root = tmp_path_factory.mktemp("toy")
     run([sys.executable, "-m", "dkd_core", "toy-data", str(root)], timeout=600)
-    prefix = f"dkd-datasets/{run_prefix}/toy"
+    prefix = f"shared/{run_prefix}/toy"
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         s3.fput_object(KFP_BUCKET, f"{prefix}/{path.relative_to(root).as_posix()}", str(path))
     return f"s3://{KFP_BUCKET}/{prefix}"
 
 
-def submit_args(image: str, data_uri: str) -> list[str]:
-    """Compile options and pipeline parameters of the run (python -m pipelines submit toy ...)."""
+def submit_args(image: str, data_uri: str, launcher: str) -> list[str]:
+    """Options and pipeline parameters of a run (python -m pipelines submit toy ...).
+
+    tests/unit/test_pipelines.py checks these against the pipeline's parameters.
+    """
     args = [
-        "--launcher", "pytorchjob", "--image", image, "--gpus-per-pod", "0",
-        "--s3-secret", KFP_STORE_SECRET, "--s3-endpoint", KFP_STORE_ENDPOINT,
-        "--param", f"dataset_uri={data_uri}",
-        "--param", "pods_per_step=2",  # Master and one Worker, gloo over the pod network
-        "--param", "gpus_per_pod=0",
-        "--param", f"namespace={NAMESPACE}",
+        "--launcher", launcher, "--image", image, "--gpus-per-pod", "0", "--data", data_uri,
+        "--param", "pods_per_step=2",  # 2 pods per step, gloo over the pod network
         "--param", "epochs=2",
+        "--param", "delete_after_done=false",  # keep the jobs: this test reads them
+        "--param", "cpu_request=250m",  # small pods for a laptop
+        "--param", "memory_request=1Gi",
+        "--param", "memory_limit=3Gi",
+        "--param", "shm_size=512Mi",
+        "--param", "tmp_size=2Gi",
     ]  # fmt: skip
     for extra in os.environ.get("DKD_KIND_SUBMIT_PARAMS", "").split():
         args += ["--param", extra]
@@ -204,45 +218,79 @@ def submit_args(image: str, data_uri: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished_run(cluster: str, toy_data: str, run_prefix: str) -> dict[str, Any]:
-    """Submit the toy pipeline through the KFP API server and wait for it to end."""
+def kfp_host(cluster: str) -> Iterator[str]:
+    with port_forward("ml-pipeline", 8888) as host:
+        yield host
+
+
+@pytest.fixture(scope="module", params=LAUNCHERS)
+def finished_run(request: pytest.FixtureRequest, cluster: str, toy_data: str,
+                 kfp_host: str) -> dict[str, Any]:  # fmt: skip
+    """Submit the toy pipeline with one launcher through the KFP API server; wait for its end."""
     import kfp
 
-    with port_forward("ml-pipeline", 8888) as host:
-        cmd = [sys.executable, "-m", "pipelines", "submit", "toy", "--host", host]
-        out = run(cmd + submit_args(cluster, toy_data), capture_output=True)
-        print(out.stdout, out.stderr)
-        ids = UUID_RE.findall(out.stdout)  # the run's URL ends with its id
-        assert ids, f"no run id in the output of {' '.join(cmd)}:\n{out.stdout}"
-        run_id = ids[-1]
-        client = kfp.Client(host=host)
-        detail = client.wait_for_run_completion(run_id, timeout=RUN_TIMEOUT, sleep_duration=10)
-    state = str(getattr(detail, "state", "")).upper()
-    return {"run_id": run_id, "state": state, "prefix": run_prefix}
+    launcher = request.param
+    cmd = [sys.executable, "-m", "pipelines", "submit", "toy", "--host", kfp_host]
+    out = run(cmd + submit_args(cluster, toy_data, launcher), capture_output=True)
+    print(out.stdout, out.stderr)
+    ids = UUID_RE.findall(out.stdout)  # the run's URL ends with its id
+    assert ids, f"no run id in the output of {' '.join(cmd)}:\n{out.stdout}"
+    run_id = ids[-1]
+    client = kfp.Client(host=kfp_host)
+    detail = client.wait_for_run_completion(run_id, timeout=RUN_TIMEOUT, sleep_duration=10)
+    tasks = (getattr(detail, "run_details", None) and detail.run_details.task_details) or []
+    return {
+        "launcher": launcher,
+        "run_id": run_id,
+        "state": str(getattr(detail, "state", "")).upper(),
+        "tasks": [
+            (t.display_name or "", str(t.state or "").upper(), t.pod_name or "") for t in tasks
+        ],
+    }
+
+
+def train_tasks(finished_run: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [t for t in finished_run["tasks"] if re.match(r"train[ -]step", t[0])]
 
 
 def test_toy_pipeline_run_succeeds(finished_run: dict[str, Any]) -> None:
     assert finished_run["state"].endswith("SUCCEEDED"), finished_run
+    trains = train_tasks(finished_run)
+    assert trains, f"the run lists no train task: {finished_run['tasks']}"
+    assert all(state.endswith("SUCCEEDED") for _, state, _ in trains), trains
 
 
-def test_training_steps_ran_as_two_pod_pytorchjobs(finished_run: dict[str, Any]) -> None:
-    jobs = json.loads(
-        kubectl("-n", NAMESPACE, "get", "pytorchjobs", "-l", "app.kubernetes.io/part-of=dkd",
-                "-o", "json")
-    )["items"]  # fmt: skip
-    assert jobs, "no PyTorchJob was created: did the pipeline use the pytorchjob launcher?"
+def jobs_of(finished_run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's jobs, found by the KFP run id the launcher labels them with."""
+    plural = {"pytorchjob": "pytorchjobs", "trainjob": "trainjobs.trainer.kubeflow.org"}
+    selector = f"{KFP_RUN_ID_LABEL}={finished_run['run_id']}"
+    listed = kubectl("-n", NAMESPACE, "get", plural[finished_run["launcher"]], "-l", selector,
+                     "-o", "json")  # fmt: skip
+    return json.loads(listed)["items"]
+
+
+def test_each_step_ran_as_one_two_pod_job(finished_run: dict[str, Any]) -> None:
+    jobs = jobs_of(finished_run)
+    assert len(jobs) == TOY_STEPS, [j["metadata"]["name"] for j in jobs]
+    pods = {label_value(pod) for _, _, pod in train_tasks(finished_run) if pod}
     for job in jobs:
-        replicas = job["spec"]["pytorchReplicaSpecs"]
-        assert replicas["Master"]["replicas"] == 1
-        assert replicas["Worker"]["replicas"] == 1  # 2 pods in all
+        name = job["metadata"]["name"]
         conditions = {c["type"]: c["status"] for c in job.get("status", {}).get("conditions", [])}
-        assert conditions.get("Succeeded") == "True", (job["metadata"]["name"], conditions)
+        if finished_run["launcher"] == "pytorchjob":
+            replicas = job["spec"]["pytorchReplicaSpecs"]
+            assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 1)
+            assert conditions.get("Succeeded") == "True", (name, conditions)
+        else:
+            assert job["spec"]["trainer"]["numNodes"] == 2, name
+            assert conditions.get("Complete") == "True", (name, conditions)
+        if pods:  # the job names the component pod that created it
+            assert job["metadata"]["labels"].get(KFP_POD_NAME_LABEL) in pods, name
 
 
-def test_evaluation_metrics_json_is_in_minio(finished_run: dict[str, Any], s3: Any) -> None:
+def test_evaluation_metrics_json_is_in_the_store(finished_run: dict[str, Any], s3: Any) -> None:
     keys = [o.object_name for o in s3.list_objects(KFP_BUCKET, recursive=True)]
     metrics = [k for k in keys if finished_run["run_id"] in k and k.endswith("eval/metrics.json")]
-    assert len(metrics) >= 3, f"expected eval/metrics.json of the 3 toy steps: {metrics}"
+    assert len(metrics) >= TOY_STEPS, f"expected eval/metrics.json of the 3 toy steps: {metrics}"
     for key in metrics:
         response = s3.get_object(KFP_BUCKET, key)
         try:

@@ -250,7 +250,7 @@ def test_kfp_object_store_overlay_uses_kfps_secret_and_endpoint() -> None:
     (container,) = objects["PodTemplate/dkd-train"]["template"]["spec"]["containers"]
     assert "envFrom" not in container
     env = {e["name"]: e for e in container["env"]}
-    assert env["S3_ENDPOINT"]["value"] == "http://minio-service.kubeflow:9000"
+    assert env["S3_ENDPOINT"]["value"] == "http://seaweedfs.kubeflow:9000"
     for var, key in (("AWS_ACCESS_KEY_ID", "accesskey"), ("AWS_SECRET_ACCESS_KEY", "secretkey")):
         ref = env[var]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "mlpipeline-minio-artifact", "key": key}
