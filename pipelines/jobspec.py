@@ -45,6 +45,8 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 #: builder maps the pod label `pipeline/runid` (set by the KFP API server) to KFP_RUN_ID.
 #: The launcher labels the job and its pods with both (`ClusterSpec.kfp_run_id`, ...).
 RUN_ID_ENV, POD_NAME_ENV = "KFP_RUN_ID", "KFP_POD_NAME"
+#: The run identity the training reads (`dkd_core.metrics.RUN_ID_ENV`; not imported: torch).
+TRAINING_RUN_ID_ENV = "DKD_RUN_ID"
 #: Component environment passed on to the job's pods.
 FORWARDED_ENV = (
     "S3_ENDPOINT", "S3_SECURE", "S3_REGION", "AWS_REGION", "S3_RETRY_SECONDS", "PUSHGATEWAY_URL",
@@ -177,7 +179,11 @@ def cluster_spec_params(
         "tolerations": list(_tolerations(params.get("tolerations", POD_DEFAULTS["tolerations"]))),
         "s3_secret": secret or "",
         "s3_secret_env": {v: k for k, v in keys.items()} if secret else {},
-        "env": {k: env[k] for k in FORWARDED_ENV if env.get(k)},
+        "env": {
+            **{k: env[k] for k in FORWARDED_ENV if env.get(k)},
+            # every series the job exports carries the KFP run id (`dkd_core.metrics`)
+            **({TRAINING_RUN_ID_ENV: env[RUN_ID_ENV]} if env.get(RUN_ID_ENV) else {}),
+        },
         "kfp_run_id": env.get(RUN_ID_ENV, ""),
         "kfp_pod_name": env.get(POD_NAME_ENV, ""),
         "delete_after_done": delete,

@@ -27,6 +27,8 @@ from dkd_core.metrics import DEFAULT_PORT as METRICS_PORT
 GPU_RESOURCE = "nvidia.com/gpu"
 SHM_VOLUME = "dshm"
 SHM_PATH = "/dev/shm"
+#: Set in job pods from the downward API; read by `dkd_core.metrics` (NAMESPACE_ENV).
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
 TMP_VOLUME = "tmp"
 TMP_PATH = "/tmp"
 CLEAN_POD_POLICIES = ("None", "Running", "All")
@@ -335,13 +337,21 @@ class ClusterSpec:
         ]
 
     def env_list(self) -> list[dict[str, Any]]:
-        """Container `env`: PYTHONUNBUFFERED=1, HOME=/tmp, then `env` (later names win).
+        """Container `env`: PYTHONUNBUFFERED=1, HOME=/tmp, then `env` (later names win), and
+        POD_NAMESPACE from the downward API.
 
         HOME is /tmp because the root filesystem is read-only and /tmp is the
-        writable emptyDir.
+        writable emptyDir. POD_NAMESPACE keeps the Pushgateway groups of two
+        namespaces apart (`dkd_core.metrics`).
         """
         merged = {"PYTHONUNBUFFERED": "1", "HOME": TMP_PATH, **dict(self.env)}
-        return [{"name": k, "value": v} for k, v in merged.items()]
+        merged.pop(POD_NAMESPACE_ENV, None)
+        return [{"name": k, "value": v} for k, v in merged.items()] + [
+            {
+                "name": POD_NAMESPACE_ENV,
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            }
+        ]
 
     def container_security_context(self) -> dict[str, Any]:
         """Non-root, no privilege escalation, no capabilities, runtime-default seccomp."""

@@ -245,6 +245,7 @@ def test_pytorchjob_manifest_is_valid_and_complete(gpus, nodes):
             "PYTHONUNBUFFERED": "1",
             "HOME": "/tmp",
             "S3_ENDPOINT": "http://minio:9000",
+            "POD_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             "AWS_ACCESS_KEY_ID": {"secretKeyRef": {"name": "dkd-s3", "key": "accesskey"}},
             "AWS_SECRET_ACCESS_KEY": {"secretKeyRef": {"name": "dkd-s3", "key": "secretkey"}},
         }
@@ -381,7 +382,7 @@ def test_trainjob_needs_secret_keys_for_s3_and_takes_a_runtime():
         render_trainjob(make_job(), make_spec(s3_secret_env=()))
     m = render_trainjob(make_job(), make_spec(s3_secret=None), runtime="dkd-torch")
     assert m["spec"]["runtimeRef"]["name"] == "dkd-torch"
-    assert all("valueFrom" not in e for e in m["spec"]["trainer"]["env"])
+    assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in m["spec"]["trainer"]["env"])
     assert (
         TrainJobLauncher(runtime="dkd-torch").render(make_job(), make_spec())["spec"]["runtimeRef"][
             "name"

@@ -62,7 +62,10 @@ def test_pod_parameters_become_the_cluster_spec(tmp_path, monkeypatch):
     assert dict(spec.s3_secret_env) == {
         "AWS_ACCESS_KEY_ID": "accesskey", "AWS_SECRET_ACCESS_KEY": "secretkey"
     }  # fmt: skip
-    assert dict(spec.env) == {"S3_ENDPOINT": "http://seaweedfs.kubeflow:9000"}
+    # the KFP run id also names the run in every metric series the job exports
+    assert dict(spec.env) == {
+        "S3_ENDPOINT": "http://seaweedfs.kubeflow:9000", "DKD_RUN_ID": env["KFP_RUN_ID"],
+    }  # fmt: skip
     labels = spec.all_labels()
     assert labels[KFP_RUN_ID_LABEL] == env["KFP_RUN_ID"]
     assert labels[KFP_POD_NAME_LABEL] == label_value("p" * 80)  # label values stop at 63
@@ -273,3 +276,19 @@ def test_rendered_jobs_pass_the_crd_schemas_and_admission(capsys, launcher):
         assert pytorchjob_webhook_errors(job) == []
     else:
         assert trainjob_admission_errors(job, runtime()) == []
+
+
+def test_job_pods_tell_the_training_its_run_id_and_namespace():
+    """The variables the job's env sets are the ones dkd_core.metrics reads: the run id
+    labels every series and the namespace keeps two profiles' Pushgateway groups apart."""
+    from dkd_core import metrics
+    from dkd_core.launch.cluster import POD_NAMESPACE_ENV
+
+    assert jobspec.TRAINING_RUN_ID_ENV == metrics.RUN_ID_ENV
+    assert POD_NAMESPACE_ENV == metrics.NAMESPACE_ENV
+    spec = jobspec.cluster_spec({"namespace": "team-a", "image": IMAGE}, {"KFP_RUN_ID": "run-1234"})
+    env = {e["name"]: e for e in spec.env_list()}
+    assert env["DKD_RUN_ID"] == {"name": "DKD_RUN_ID", "value": "run-1234"}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    without = jobspec.cluster_spec({"namespace": "team-a", "image": IMAGE}, {})
+    assert "DKD_RUN_ID" not in {e["name"] for e in without.env_list()}
