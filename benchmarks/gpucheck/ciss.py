@@ -4,7 +4,8 @@ First, a process group of world size 1 (NCCL on CUDA, gloo on CPU) with the
 model prepared as for several processes (`distributed.prepare_model`: SyncBN
 on CUDA, DDP): our collectives answer, and three iterations at step 0 and at
 step 1 run, the first equal to the plain model's. Then, on generated toy data
-at the check's crop size: `torchrun -m dkd_core train` step 0, then step 1
+at the check's crop size: `torchrun -m dkd_core train` (plain `python -m` in
+the tiny preset) step 0, then step 1
 (teacher + DKD losses, the real loader with workers, periodic checkpoints),
 killed with SIGKILL after its first periodic checkpoint and run again, which
 must resume from it and finish. The loss of step 1 (its train log) must be
@@ -120,11 +121,11 @@ def _overrides(settings, data_root: Path, run_dir: Path, iterations: int) -> lis
     ]  # fmt: skip
 
 
-def _train_command(step_index: int, overrides: list[str]) -> list[str]:
+def _train_command(settings, step_index: int, overrides: list[str]) -> list[str]:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-        "-m", "dkd_core", "train", "--config", str(TOY_CONFIG), "--step", str(step_index),
-        *overrides,
+        sys.executable, *(launcher if settings.ciss_torchrun else []), "-m", "dkd_core", "train",
+        "--config", str(TOY_CONFIG), "--step", str(step_index), *overrides,
     ]  # fmt: skip
 
 
@@ -175,13 +176,15 @@ def training_check(settings, result: StageResult, deadline: Deadline, scratch: P
     log = scratch / "ciss_train.log"
     log.unlink(missing_ok=True)
 
-    command = _train_command(0, _overrides(settings, data_root, run_dir, settings.step0_iterations))
+    command = _train_command(
+        settings, 0, _overrides(settings, data_root, run_dir, settings.step0_iterations)
+    )
     _finish(_start(command, log), log, deadline, "step 0")
     step0 = _summary(_read_log(run_dir / "step_0" / "train_log.jsonl"))
     result.set("step0", step0)
 
     overrides = _overrides(settings, data_root, run_dir, settings.step1_iterations)
-    command = _train_command(1, overrides)
+    command = _train_command(settings, 1, overrides)
     proc = _start(command, log)
     periodic = run_dir / "step_1" / "periodic"
     while proc.poll() is None and deadline.left() > 0:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from dkd_core.compat import to_reference_state_dict
+from gpucheck.models import calibrate_bn
 
 
 def load_reference(path: str) -> tuple[types.ModuleType, types.ModuleType]:
@@ -61,7 +62,10 @@ def _load_ours(model: torch.nn.Module, ours) -> str:
 class ReferenceStep:
     """Their model (with our weights, mapped to their layout) and their training iteration."""
 
-    def __init__(self, modules, ours, our_teacher, step, device: torch.device):
+    def __init__(
+        self, modules, ours, our_teacher, step, device: torch.device, calibration=None,
+        lr: float = 1e-3,
+    ):  # fmt: skip
         model_module, loss_module = modules
         incremental = step.index > 0
         classes = list(step.classes_per_step)
@@ -78,12 +82,16 @@ class ReferenceStep:
             ).to(device)  # fmt: skip
             _load_ours(self.teacher, our_teacher)
             self.teacher.eval()
+        if not self.weights.startswith("ours") and calibration is not None:
+            for model in (self.model, self.teacher):  # as ours: BN statistics of real scale
+                if model is not None:
+                    calibrate_bn(model, calibration)
         self.model.train()
         if incremental:
             self.model.freeze_bn(affine_freeze=False)
             self.model.freeze_dropout()
         self.step, self.device = step, device
-        lr = 1e-3
+        self.skipped = self.skipped_since_settled = 0
         groups = [
             {"params": self.model.get_backbone_params()},
             {"params": self.model.get_aspp_params(), "lr": lr * 10},
@@ -131,9 +139,27 @@ class ReferenceStep:
         loss = self.loss(images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
         self.scaler.update()
+        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
+        self.skipped += skipped
+        self.skipped_since_settled += skipped
+        loss.item()  # their trainer logs the loss every iteration (a sync)
         return loss.detach()
+
+    def settle_scaler(self, images, labels, most: int = 30) -> int:
+        """Iterate until an optimizer step is not skipped (GradScaler starts at 2^16 and
+        halves on each overflow); returns the iterations it took."""
+        done = 0
+        while done < most:
+            before = self.skipped
+            self.iteration(images, labels)
+            done += 1
+            if self.skipped == before:
+                break
+        self.skipped_since_settled = 0
+        return done
 
 
 def reference_available(path: str | None) -> str | None:

@@ -100,8 +100,10 @@ def table(payload: dict) -> str:
         for r in rows:
             key = f"{r['config']} b{r['batch']} s{r['step']}"
             note = r.get("skipped") or r.get("error") or ""
-            if "fp32_loss_vs_ours" in r and not note:
-                note = f"fp32 loss {_fmt(r['fp32_loss_vs_ours'], '.1e')} from ours; weights: {r['weights']}"
+            if "weights" in r and not note:
+                note = f"weights: {r['weights']}"
+                if "fp32_loss_vs_ours" in r:
+                    note = f"fp32 loss {_fmt(r['fp32_loss_vs_ours'], '.1e')} from ours; {note}"
             lines.append(
                 f"{r['config']:<22} {r['batch']:>5} {r['step']:>4} "
                 f"{_fmt(r.get('images_per_second'), '9.1f'):>9} {_fmt(r.get('peak_memory_gib'), '9.1f'):>9} "

@@ -32,6 +32,7 @@ class Settings:
     ciss_images: int = 48  # generated toy images (VOC layout); 20% are the test split
     ciss_batch: int = 8
     ciss_workers: int = 8
+    ciss_torchrun: bool = True  # launch training as a pod does; the tiny preset saves its start-up
     step0_iterations: int = 50
     step1_iterations: int = 300
     checkpoint_every: int = 100
@@ -85,6 +86,7 @@ TINY = Settings(
     ciss_images=30,
     ciss_batch=4,
     ciss_workers=2,
+    ciss_torchrun=False,
     step0_iterations=6,
     step1_iterations=24,
     checkpoint_every=8,

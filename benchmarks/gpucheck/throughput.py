@@ -41,6 +41,10 @@ OURS = {
 }
 REFERENCE = "reference_fp16_amp"
 EAGER_MIN_SECONDS = 5.0  # an eager row starts only with this much budget left
+# Every optimizer step runs, with learning rate 0: a random ResNet-101 under frozen BN has
+# gradients that would blow its weights up within an iteration or two (NaN from then on),
+# and the time of a step does not depend on the values.
+BENCH_LR = 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -68,8 +72,9 @@ class OurStep:
             if self.teacher is not None:
                 self.teacher = self.teacher.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(
-            self.student.parameter_groups(1e-3, 1e-4), lr=1e-3, momentum=0.9, nesterov=True
-        )
+            self.student.parameter_groups(BENCH_LR, 1e-4), lr=BENCH_LR, momentum=0.9,
+            nesterov=True,
+        )  # fmt: skip
         self.net, self.teacher_net = self.student, self.teacher
         if compiled:
             self.net = torch.compile(self.student, backend=settings.compile_backend)
@@ -83,6 +88,7 @@ class OurStep:
         _, _, terms = forward_losses(
             self.net, self.teacher_net, images, labels, self.step, self.dtype
         )
+        torch.isfinite(terms["total"]).item()  # dkd_core.train checks every iteration (a sync)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
@@ -176,20 +182,28 @@ def run(settings, result: StageResult, deadline: Deadline, reference_dir=None, *
             if name == REFERENCE:
                 torch.backends.cudnn.benchmark = True  # their train_voc.py sets it
                 ours, teacher = build_step_models(settings, step_index, raw, seed=0)
-                runner = ReferenceStep(reference_modules, ours, teacher, step, device)
-                row["fp32_loss_vs_ours"] = same_loss(runner, ours, teacher, images, labels, step)
+                runner = ReferenceStep(
+                    reference_modules, ours, teacher, step, device, images, lr=BENCH_LR
+                )
+                if runner.weights.startswith("ours"):  # same weights: the losses must agree
+                    row["fp32_loss_vs_ours"] = same_loss(
+                        runner, ours, teacher, images, labels, step
+                    )
                 del ours, teacher
             else:
                 dtype, channels_last, compiled = OURS[name]
                 runner = OurStep(settings, step, raw, dtype, channels_last, compiled)
                 if compiled:
                     row["compile_backend"] = settings.compile_backend
+            if name == REFERENCE:  # GradScaler finds its scale first, as in a long run
+                row["scaler_warmup_iterations"] = runner.settle_scaler(images, labels)
             figures = time_row(runner, images, labels, settings, device)
             row.update(figures)
             row["peak_memory_gib"] = _peak_gib(device)
             row["flops_per_image"] = flops[step_index]
             if name == REFERENCE:
                 row["grad_scale"] = runner.scaler.get_scale()
+                row["skipped_steps_timed"] = runner.skipped_since_settled
                 row["weights"] = runner.weights
         except Exception as e:  # one row failing (OOM, compile error) leaves the others
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
