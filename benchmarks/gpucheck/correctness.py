@@ -76,17 +76,11 @@ def run(settings, result: StageResult, deadline: Deadline, **_) -> None:
         "device": "cpu", "precision": "fp32", "batch": settings.correctness_batch, "size": size,
         "loss": {k[5:]: v.item() for k, v in reference.items() if k.startswith("loss.")},
     })  # fmt: skip
-    cpu_errors = {}
-    for precision in ("bf16", "fp16"):
-        cpu_errors[precision] = _errors(
-            _run(student, teacher, images, labels, step, DTYPES[precision]), reference
-        )
-    result.set("cpu_autocast_relative_error", cpu_errors)
-
     modes = ["fp32", "tf32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16", "fp16"]
     s_dev, t_dev = copy.deepcopy(student).to(device), copy.deepcopy(teacher).to(device)
     images_dev, labels_dev = images.to(device), labels.to(device)
-    for mode in modes:
+    measured = {}
+    for mode in modes:  # the device first: its figures are kept even if time runs out later
         if deadline.left() < 1:
             result.check(f"correctness {mode}", False, "not run: the stage's time budget ran out")
             continue
@@ -100,8 +94,18 @@ def run(settings, result: StageResult, deadline: Deadline, **_) -> None:
         finally:
             torch.backends.cudnn.allow_tf32 = conv_tf32
             torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
-        errors = _errors(values, reference)
         finite = all(torch.isfinite(v).all().item() for v in values.values())
+        measured[mode] = (_errors(values, reference), finite, conv_tf32)
+        result.set("device_relative_error", {m: e for m, (e, _, _) in measured.items()})
+
+    cpu_errors = {}
+    for precision in ("bf16", "fp16"):
+        cpu_errors[precision] = _errors(
+            _run(student, teacher, images, labels, step, DTYPES[precision]), reference
+        )
+    result.set("cpu_autocast_relative_error", cpu_errors)
+
+    for mode, (errors, finite, conv_tf32) in measured.items():
         if mode == "fp32":
             limits = dict.fromkeys(errors, FP32_TOLERANCE)
         else:

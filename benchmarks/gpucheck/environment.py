@@ -74,6 +74,14 @@ def _nvidia_smi() -> dict:
     return {"name": name, "driver": driver, "memory": memory, "max_sm_clock": clock}
 
 
+def _nccl_version() -> str | None:
+    try:
+        version = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 def describe(device: torch.device) -> dict:
     info = {
         "python": sys.version.split()[0],
@@ -93,7 +101,7 @@ def describe(device: torch.device) -> dict:
             "multiprocessors": props.multi_processor_count,
             "gpu_memory_gib": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+            "nccl": _nccl_version(),
             "driver": _nvidia_smi().get("driver"),
         })  # fmt: skip
     return info
