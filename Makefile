@@ -37,6 +37,13 @@ bench: setup ## speed and memory figures vs baselines, saved as JSON in build/be
 	$(PY) benchmarks/bench_data.py --json build/bench/data.json
 	$(PY) benchmarks/toy_forgetting.py --json build/bench/toy_forgetting.json
 
+# The machine's own python (and torch) may be used: make gpu-check GPU_PYTHON=python3
+GPU_PYTHON ?= $(PY)
+.PHONY: gpu-check
+gpu-check: ## the CUDA path on one GPU in < 8 min, JSON in build/ [REFERENCE_DIR=authors' code] [GPU_CHECK_ARGS=...]
+	$(GPU_PYTHON) benchmarks/gpu_check.py --json build/gpu_check.json \
+		$(if $(REFERENCE_DIR),--reference-dir $(REFERENCE_DIR)) $(GPU_CHECK_ARGS)
+
 PIPELINE ?= toy
 DATA ?= data/$(PIPELINE)
 # $(call given,VAR): VAR's value when set on the command line or in the environment, else
