@@ -37,6 +37,11 @@ bench: setup ## speed and memory figures vs baselines, saved as JSON in build/be
 	$(PY) benchmarks/bench_data.py --json build/bench/data.json
 	$(PY) benchmarks/toy_forgetting.py --json build/bench/toy_forgetting.json
 
+.PHONY: mutate
+mutate: setup ## mutation testing of the method's modules, niced (slow): [MODULE=dkd_core/losses.py] [SAMPLE=40 SEED=0]
+	nice -n 19 $(PY) tools/mutate.py $(if $(MODULE),--module $(MODULE)) \
+		$(if $(SAMPLE),--sample $(SAMPLE) --seed $(or $(SEED),0))
+
 PIPELINE ?= toy
 DATA ?= data/$(PIPELINE)
 
