@@ -47,6 +47,10 @@ class DataConfig:
     whole_image_eval: bool = False  # the reference evaluates a 512 centre crop (SPEC §2)
     split_workers: int = 0  # processes for the class-presence pass
     memory_size: int = 0  # DKD-M exemplars replayed from step 1 on (VOC 100, ADE20K 300); 0 = DKD
+    # Which model pseudo-labels old-step images for the DKD-M memory from step 2 on:
+    # "teacher" (step t-1's final model) or "untrained" (what the authors' code does:
+    # the teacher's architecture before its weights are loaded; docs/method.md).
+    memory_pseudo_labels: str = "teacher"
 
 
 @dataclass(frozen=True)

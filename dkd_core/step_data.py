@@ -26,7 +26,13 @@ from dkd_core.data.splits import (
 )
 from dkd_core.errors import DKDError
 from dkd_core.locations import StepLocations, cache_dir, memory_beside, run_manifest_uri
-from dkd_core.memory import ground_truth_label_sets, pseudo_label_sets, select
+from dkd_core.memory import (
+    check_labeller_choice,
+    ground_truth_label_sets,
+    memory_labeller,
+    pseudo_label_sets,
+    select,
+)
 from dkd_core.storage import is_remote, local_path, open_store, sync_dataset
 from dkd_core.tasks import Task, TaskStep, get_task
 
@@ -180,6 +186,7 @@ def exemplar_memory(
     The choice is written to the step's memory.json, reused on resume and read
     by the next step (beside its teacher checkpoint).
     """
+    check_labeller_choice(config.data.memory_pseudo_labels)  # at step 1 already, not at step 2
     store = open_store(locations.memory)
     if store.exists(locations.memory):  # chosen before an interruption: the same images again
         return store.read_json(locations.memory)["memory"]
@@ -190,8 +197,11 @@ def exemplar_memory(
     if step.index == 1:
         label_sets = ground_truth_label_sets(previous_train, previous.new_labels)
     else:
+        labeller = memory_labeller(
+            config.data.memory_pseudo_labels, teacher, config.model.pretrained, config.train.seed
+        )
         label_sets = pseudo_label_sets(
-            teacher, previous_train, previous, config.data.crop_size, info
+            labeller, previous_train, previous, config.data.crop_size, info
         )
         previous_memory_uri = memory_beside(teacher_uri)
         if not open_store(previous_memory_uri).exists(previous_memory_uri):
