@@ -37,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,16 +52,19 @@ EQUIVALENT_FILE = REPO / "tools" / "mutate_equivalent.txt"
 # failure, so most mutants die early), slower ones only reached by the survivors.
 MODULE_TESTS: dict[str, list[list[str]]] = {
     "dkd_core/losses.py": [
-        ["tests/unit/test_losses.py", "tests/unit/test_spec_rules.py"],
+        ["tests/unit/test_losses.py"],
+        ["tests/unit/test_spec_rules.py", "tests/integration/test_train_rules.py"],
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/evaluate.py": [
-        ["tests/unit/test_evaluate.py", "tests/unit/test_spec_rules.py"],
+        ["tests/unit/test_evaluate.py"],
+        ["tests/unit/test_spec_rules.py"],
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/deeplab.py": [
-        ["tests/unit/test_model.py", "tests/unit/test_spec_rules.py"],
-        ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
+        ["tests/unit/test_model.py"],
+        ["tests/unit/test_spec_rules.py", "tests/integration/test_train_rules.py"],
+        ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/aspp.py": [
         ["tests/unit/test_model.py"],
@@ -71,12 +75,12 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/tasks.py": [
-        ["tests/unit/test_tasks.py", "tests/unit/test_spec_rules.py"],
-        ["tests/unit/test_splits.py"],
+        ["tests/unit/test_tasks.py"],
+        ["tests/unit/test_spec_rules.py", "tests/unit/test_splits.py"],
     ],
     "dkd_core/data/splits.py": [
-        ["tests/unit/test_splits.py", "tests/unit/test_spec_rules.py"],
-        ["tests/unit/test_memory.py"],
+        ["tests/unit/test_splits.py"],
+        ["tests/unit/test_spec_rules.py", "tests/unit/test_memory.py"],
     ],
     "dkd_core/train.py": [
         ["tests/integration/test_train_rules.py", "tests/unit/test_spec_rules.py"],
@@ -352,35 +356,95 @@ def copy_repository(target: Path) -> None:
             shutil.copy2(source, dest)
 
 
+# Imported once by this process; each test run is a fork that starts with them loaded
+# (on a busy 2-core machine importing torch alone takes longer than most test runs).
+HEAVY_IMPORTS = ("numpy", "torch", "torch.nn.functional", "PIL.Image", "pytest", "yaml",
+                 "safetensors.torch")  # fmt: skip
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in HEAVY_IMPORTS:
+        importlib.import_module(name)
+    if any(name == "dkd_core" or name.startswith(("dkd_core.", "tests.")) for name in sys.modules):
+        sys.exit("the code under test must not be imported before forking")
+
+
+def _forked_pytest(workdir: Path, args: list[str], timeout: float) -> int | None:
+    """Exit status of `pytest args` run in a fork inside `workdir`; None on timeout."""
+    pid = os.fork()
+    if pid == 0:  # the child: quiet, in the copy, the copy first on the import path
+        try:
+            os.setpgid(0, 0)  # its own group, so that a timeout also stops what it started
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            os.chdir(workdir)
+            os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+            os.environ["PYTHONPATH"] = str(workdir)
+            sys.dont_write_bytecode = True
+            sys.path.insert(0, str(workdir))
+            import pytest
+
+            code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *args]))
+        except BaseException:
+            code = 99
+        os._exit(code)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                pid = 0
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+    finally:
+        if pid:  # timed out, or this process is being stopped: the run goes too
+            if _own_group(pid):
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _own_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
 def run_tests(workdir: Path, stages: list[list[str]], timeout: float) -> tuple[str, float]:
     """'killed', 'survived' or 'timeout' after running the stages in order (stop at a failure)."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(workdir)}
     started = time.perf_counter()
     for tests in stages:
-        command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                   "-m", "not kind", *tests]  # fmt: skip
-        try:
-            result = subprocess.run(
-                command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
-            )
-        except subprocess.TimeoutExpired:
+        code = _forked_pytest(workdir, ["-m", "not kind", *tests], timeout)
+        if code is None:
             return "timeout", time.perf_counter() - started
-        if result.returncode != 0:
+        if code != 0:
             return "killed", time.perf_counter() - started
     return "survived", time.perf_counter() - started
 
 
+def _imports_the_copy(workdir: Path) -> bool:
+    pid = os.fork()
+    if pid == 0:
+        sys.path.insert(0, str(workdir))
+        import dkd_core
+
+        os._exit(0 if Path(dkd_core.__file__).resolve().is_relative_to(workdir.resolve()) else 1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 def baseline(workdir: Path, module: str, stages: list[list[str]]) -> float:
+    if not _imports_the_copy(workdir):
+        sys.exit(f"tests would not import the copy in {workdir}")
     status, seconds = run_tests(workdir, stages, timeout=1800)
     if status != "survived":
         sys.exit(f"{module}: its tests fail on the unmodified code; fix them first")
-    # The copy must be the code under test, not the installed package.
-    check = subprocess.run(
-        [sys.executable, "-c", "import dkd_core; print(dkd_core.__file__)"], cwd=workdir,
-        env={**os.environ, "PYTHONPATH": str(workdir)}, capture_output=True, text=True,
-    )  # fmt: skip
-    if not check.stdout.strip().startswith(str(workdir)):
-        sys.exit(f"tests would import {check.stdout.strip()}, not the copy in {workdir}")
     return seconds
 
 
@@ -451,8 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     args = parser.parse_args(argv)
+    # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     modules = args.module or list(MODULE_TESTS)
     equivalents = load_equivalents()
+    if not args.list:
+        _preload()
     summaries = []
     with tempfile.TemporaryDirectory(prefix="dkd-mutate-") as tmp:
         workdir = Path(tmp)
