@@ -1,4 +1,4 @@
-"""Exemplar memory for DKD-M (SPEC §2): a few old-step images replayed at step t.
+"""Exemplar memory for DKD-M (docs/method.md §2): a few old-step images replayed at step t.
 
 Before step t > 0, `mem_size` images are picked, class-balanced over the old
 classes, from candidates with known (pseudo-)label sets:
@@ -64,7 +64,7 @@ def pseudo_label_sets(
     """Label sets of step `step`'s train images: their C_t labels plus confident predictions.
 
     `model` labels (`memory_labeller`); predictions count only on background
-    pixels with sigmoid >= 0.9 (SPEC §2). Each process handles every
+    pixels with sigmoid >= 0.9 (docs/method.md §2). Each process handles every
     world_size-th image; the results are gathered on all processes.
     """
     lut = step.label_lut(step.new_labels, fill=0)  # keep C_t, the rest is background

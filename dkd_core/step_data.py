@@ -3,7 +3,7 @@
 `step_data` turns a config and a step into train and test datasets, through
 the run's split manifest (built once by one process, cached at its URI, and
 kept as is when imported from the authors' lists). `exemplar_memory` adds the
-DKD-M replay images of SPEC §2 (see `memory`).
+DKD-M replay images of docs/method.md §2 (see `memory`).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class StepData:
 def train_dataset(config: Config, step: TaskStep, samples: list[Sample]) -> SegmentationDataset:
     return SegmentationDataset(
         samples,
-        step.label_lut(step.new_labels, fill=0),  # SPEC §2: only C_t stays
+        step.label_lut(step.new_labels, fill=0),  # docs/method.md §2: only C_t stays
         TrainTransform(config.data.crop_size),
         seed=config.train.seed,
         allowed_labels=range(task_of(config).num_classes + 1),
@@ -181,7 +181,7 @@ def exemplar_memory(
     teacher,
     info: distributed.DistInfo,
 ) -> list[str]:
-    """DKD-M: ids of the old-step images replayed at this step (SPEC §2; see `memory`).
+    """DKD-M: ids of the old-step images replayed at this step (docs/method.md §2; see `memory`).
 
     The choice is written to the step's memory.json, reused on resume and read
     by the next step (beside its teacher checkpoint).
