@@ -156,7 +156,8 @@ class _Sites(ast.NodeVisitor):
     def _add(self, node: ast.AST, kind: str, description: str) -> None:
         line = getattr(node, "lineno", 0)
         # The source line names the mutant in reports and in the equivalents file.
-        snippet = " ".join(self.lines[line - 1].split())[:100] if line else ""
+        text = self.lines[line - 1].split("  #")[0] if line else ""  # code, not its comment
+        snippet = " ".join(text.split())[:100]
         self.sites.append((id(node), kind, description, line, self._scope(), snippet))
 
     def _scope(self) -> str:

@@ -255,3 +255,11 @@ def test_step1_labels_keep_only_the_new_class(run):
     for it in step1.iterations:
         values = set(it["labels"].unique().tolist())
         assert values <= {0, 5, 255} and 5 in values
+
+
+def test_step0_model_is_built_with_the_methods_head(run):
+    _, _, step0, _ = run
+    model = step0.model
+    assert model.aspp.dropout.p == 0.1
+    assert [b.conv.dilation for b in model.aspp.branches[1:]] == [(12, 12), (24, 24), (36, 36)]
+    assert model.classes_per_step == (4,) and model.aux_head.out_channels == 1

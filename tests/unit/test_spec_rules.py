@@ -294,3 +294,31 @@ def test_defaults_are_the_methods_voc_values():
     assert (c.train.seed, c.train.freeze_bn_incremental) == (1, True)
     assert c.data.whole_image_eval is False
     assert (c.task.dataset, c.task.setting) == ("voc", "overlap")
+
+
+# -- model structure the method fixes -------------------------------------------------------------
+
+
+def test_aspp_at_output_stride_16_and_8():
+    from dkd_core.model.aspp import ASPP
+
+    aspp = ASPP(2048, 256, output_stride=16)
+    assert [b.conv.kernel_size for b in aspp.branches] == [(1, 1), (3, 3), (3, 3), (3, 3)]
+    assert [b.conv.dilation for b in aspp.branches] == [(1, 1), (6, 6), (12, 12), (18, 18)]
+    assert [b.conv.padding for b in aspp.branches] == [(0, 0), (6, 6), (12, 12), (18, 18)]
+    assert aspp.pooling.conv.kernel_size == (1, 1)
+    assert aspp.project.conv.in_channels == 5 * 256 and aspp.project.conv.kernel_size == (1, 1)
+    assert aspp.fuse.conv.kernel_size == (3, 3) and aspp.fuse.conv.padding == (1, 1)
+    assert aspp.dropout.p == 0.1 and aspp.out_channels == 256
+    wide = ASPP(64, 32, output_stride=8)
+    assert [b.conv.dilation for b in wide.branches[1:]] == [(12, 12), (24, 24), (36, 36)]
+
+
+def test_deeplab_defaults_and_heads():
+    from dkd_core.model import DeepLabV3
+
+    model = DeepLabV3((3, 2), backbone="tiny", output_stride=8, aspp_channels=16)
+    assert model.aspp.dropout.p == 0.1
+    heads = [model.aux_head, *model.step_heads]
+    assert [h.out_channels for h in heads] == [1, 3, 2]
+    assert all(h.kernel_size == (1, 1) and h.bias is not None for h in heads)
