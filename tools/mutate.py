@@ -18,6 +18,8 @@ A mutant is *killed* when a test fails (or the run exceeds its timeout), and
 *survives* when all pass. A survivor either shows a missing test or is
 equivalent (changes nothing observable); known equivalents are listed in
 `tools/mutate_equivalent.txt` with the reason, and left out of the kill rate.
+Removing a `device=` argument changes nothing when every tensor is on the
+CPU: without CUDA those mutants are reported as `cpu-only` and not run.
 
     python tools/mutate.py                                # every module below
     python tools/mutate.py --module dkd_core/losses.py    # one module
@@ -57,7 +59,7 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/evaluate.py": [
-        ["tests/unit/test_evaluate.py"],
+        ["tests/unit/test_evaluate.py", "tests/unit/test_evaluate_edges.py"],
         ["tests/unit/test_spec_rules.py"],
         ["tests/unit/test_reference_fidelity.py"],
     ],
@@ -411,6 +413,12 @@ def _forked_pytest(workdir: Path, args: list[str], timeout: float) -> int | None
             os.waitpid(pid, 0)
 
 
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _own_group(pid: int) -> bool:
     try:
         return os.getpgid(pid) == pid
@@ -474,6 +482,8 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
             reason = equivalents.get(f"{module} | {m.key}")
             if reason is not None:
                 m.status = "equivalent"
+            elif m.description == "remove keyword device" and not _has_accelerator():
+                m.status = "cpu-only"  # every tensor is on the CPU here: nothing to observe
             else:
                 try:
                     path.write_text(mutated_source(original, i))
@@ -484,13 +494,14 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
                 finally:
                     path.write_text(original)
             results.append(m)
-            mark = {"killed": " ", "timeout": "T", "survived": "S", "equivalent": "E"}
+            mark = {"killed": " ", "timeout": "T", "survived": "S", "equivalent": "E",
+                    "cpu-only": "C"}  # fmt: skip
             print(f"[{n}/{len(chosen)}] {mark.get(m.status, '?')} {module}:{m.line} "
                   f"[{m.function}] {m.description}  ({m.snippet})", flush=True)  # fmt: skip
     finally:
         path.write_text(original)
     counts = {s: sum(m.status == s for m in results) for s in
-              ("killed", "timeout", "survived", "equivalent", "error")}  # fmt: skip
+              ("killed", "timeout", "survived", "equivalent", "cpu-only", "error")}  # fmt: skip
     relevant = counts["killed"] + counts["timeout"] + counts["survived"]
     rate = (counts["killed"] + counts["timeout"]) / relevant if relevant else 1.0
     summary = {
@@ -531,11 +542,12 @@ def main(argv: list[str] | None = None) -> int:
             if summary:
                 summaries.append(summary)
     if summaries:
-        print("\nmodule                       run/total  killed  survived  equivalent  kill rate")
+        print("\nmodule                      run/total  killed  survived  equivalent  cpu-only"
+              "  kill rate")  # fmt: skip
         for s in summaries:
-            print(f"{s['module']:<28} {s['mutants_run']:>4}/{s['mutants_total']:<5} "
+            print(f"{s['module']:<27} {s['mutants_run']:>4}/{s['mutants_total']:<5} "
                   f"{s['killed'] + s['timeout']:>6}  {s['survived']:>8}  {s['equivalent']:>10}  "
-                  f"{100 * s['kill_rate_non_equivalent']:>8.1f}%"
+                  f"{s['cpu-only']:>8}  {100 * s['kill_rate_non_equivalent']:>8.1f}%"
                   f"{'  (sampled)' if s['sampled'] else ''}")  # fmt: skip
         for s in summaries:
             for m in s["survivors"]:
