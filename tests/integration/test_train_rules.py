@@ -72,6 +72,12 @@ def probed_train_step(config, step: int, patch: pytest.MonkeyPatch) -> Observed:
             super().__init__(*args, **kwargs)
             seen.optimizer = self
 
+        def step(self, *args, **kwargs):
+            # The gradient an update uses is this iteration's alone (zeroed in between).
+            head = seen.model.step_heads[-1].weight
+            seen.iterations[-1]["grad_at_step"] = head.grad.detach().clone()
+            return super().step(*args, **kwargs)
+
     def losses(outputs, teacher_outputs, labels, step_, weights):
         model = seen.model
         seen.iterations.append(
@@ -88,7 +94,12 @@ def probed_train_step(config, step: int, patch: pytest.MonkeyPatch) -> Observed:
                 "aux": model.aux_head.weight.detach().clone(),
             }
         )
-        return real_losses(outputs, teacher_outputs, labels, step_, weights)
+        terms = real_losses(outputs, teacher_outputs, labels, step_, weights)
+        head = model.step_heads[-1].weight
+        (own_grad,) = torch.autograd.grad(terms["total"], head, retain_graph=True)
+        seen.iterations[-1]["own_grad"] = own_grad
+        seen.iterations[-1]["logits_dtype"] = outputs.logits.dtype
+        return terms
 
     patch.setattr(train_module, "build_student_and_teacher", build)
     patch.setattr(train_module, "dkd_losses", losses)
@@ -263,3 +274,11 @@ def test_step0_model_is_built_with_the_methods_head(run):
     assert model.aspp.dropout.p == 0.1
     assert [b.conv.dilation for b in model.aspp.branches[1:]] == [(12, 12), (24, 24), (36, 36)]
     assert model.classes_per_step == (4,) and model.aux_head.out_channels == 1
+
+
+def test_each_update_uses_only_its_own_gradient_in_fp32_on_cpu(run):
+    _, _, step0, step1 = run
+    for seen in (step0, step1):
+        for it in seen.iterations:
+            assert it["logits_dtype"] == torch.float32  # autocast is for CUDA only
+            torch.testing.assert_close(it["grad_at_step"], it["own_grad"], rtol=1e-5, atol=1e-7)
