@@ -85,7 +85,8 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/unit/test_spec_rules.py", "tests/unit/test_memory.py"],
     ],
     "dkd_core/train.py": [
-        ["tests/integration/test_train_rules.py", "tests/unit/test_spec_rules.py"],
+        ["tests/unit/test_spec_rules.py"],
+        ["tests/integration/test_train_rules.py"],
         ["tests/integration/test_train.py"],
     ],
 }

@@ -108,3 +108,14 @@ def test_an_ignore_index_inside_the_channels_is_refused():
         SegmentationMetrics(3, old_channels=[1], ignore_index=2)
     SegmentationMetrics(3, old_channels=[1], ignore_index=3)  # just outside: fine
     SegmentationMetrics(1, old_channels=[0])  # a single channel is a valid size
+
+
+@pytest.mark.parametrize(
+    ("pred", "target", "bad"),
+    [([0, -1], [0, 1], "pred -1"), ([0, 4], [0, 1], "pred 4"), ([0, 1], [0, 4], "target 4")],
+)
+def test_values_just_outside_the_channels_are_refused(pred, target, bad):
+    metrics = SegmentationMetrics(4, old_channels=[0, 1])
+    with pytest.raises(DKDError, match=bad):
+        metrics.update(torch.tensor(pred), torch.tensor(target))
+    assert int(metrics.confusion.sum()) == 0
