@@ -322,3 +322,15 @@ def test_deeplab_defaults_and_heads():
     heads = [model.aux_head, *model.step_heads]
     assert [h.out_channels for h in heads] == [1, 3, 2]
     assert all(h.kernel_size == (1, 1) and h.bias is not None for h in heads)
+
+
+def test_a_random_new_head_is_kaiming_normal():
+    from dkd_core.model import DeepLabV3
+
+    torch.manual_seed(0)
+    model = DeepLabV3((2,), backbone="tiny", output_stride=8, aspp_channels=256)
+    model.add_step(20, init_from_auxiliary=False)
+    weight = model.step_heads[-1].weight  # [20, 256, 1, 1]: 5,120 draws
+    assert weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
+    assert abs(weight.mean().item()) < 0.01
+    assert not torch.equal(weight, model.aux_head.weight.expand_as(weight))
