@@ -25,6 +25,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/losses.py    # one module
     python tools/mutate.py --module dkd_core/train.py --sample 40 --seed 3
     python tools/mutate.py --module dkd_core/losses.py --list
+    python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n"
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
 repository itself is never modified (the copy lives in a temporary folder).
@@ -462,7 +463,9 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     path = workdir / module
     original = path.read_text()
     _, mutants, _ = find_mutants(original)
-    if args.sample and args.sample < len(mutants):
+    if args.match:
+        chosen = [i for i, m in enumerate(mutants) if args.match in m.key]
+    elif args.sample and args.sample < len(mutants):
         chosen = sorted(random.Random(args.seed).sample(range(len(mutants)), args.sample))
     else:
         chosen = list(range(len(mutants)))
@@ -507,7 +510,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     rate = (counts["killed"] + counts["timeout"]) / relevant if relevant else 1.0
     summary = {
         "module": module, "mutants_total": len(mutants), "mutants_run": len(chosen),
-        "sampled": len(chosen) < len(mutants), "seed": args.seed, **counts,
+        "sampled": len(chosen) < len(mutants), "seed": args.seed, "match": args.match, **counts,
         "kill_rate_non_equivalent": rate,
         "survivors": [asdict(m) for m in results if m.status == "survived"],
         "mutants": [asdict(m) for m in results],
@@ -527,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--match", help="run only the mutants whose key contains this text")
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

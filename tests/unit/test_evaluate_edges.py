@@ -119,3 +119,15 @@ def test_values_just_outside_the_channels_are_refused(pred, target, bad):
     with pytest.raises(DKDError, match=bad):
         metrics.update(torch.tensor(pred), torch.tensor(target))
     assert int(metrics.confusion.sum()) == 0
+
+
+def test_hiou_of_tiny_but_nonzero_means():
+    # Each class: one right pixel out of 599 in its union -> IoU 0.167%, old + new < 1.
+    target = torch.tensor([0] * 200 + [1] * 400)
+    pred = torch.tensor([0] + [1] * 199 + [1] + [0] * 399)
+    metrics = SegmentationMetrics(2, old_channels=[0], new_channels=[1])
+    metrics.update(pred, target)
+    report = metrics.compute()
+    assert report.miou_old == pytest.approx(100 / 599)
+    assert report.miou_new == pytest.approx(100 / 599)
+    assert report.hiou == pytest.approx(100 / 599)
