@@ -65,9 +65,9 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/deeplab.py": [
+        ["tests/unit/test_spec_rules.py"],
         ["tests/unit/test_model.py"],
-        ["tests/unit/test_spec_rules.py", "tests/integration/test_train_rules.py"],
-        ["tests/unit/test_reference_fidelity.py"],
+        ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/aspp.py": [
         ["tests/unit/test_model.py"],

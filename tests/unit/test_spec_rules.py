@@ -334,3 +334,11 @@ def test_a_random_new_head_is_kaiming_normal():
     assert weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.05)
     assert abs(weight.mean().item()) < 0.01
     assert not torch.equal(weight, model.aux_head.weight.expand_as(weight))
+
+
+def test_a_class_just_above_one_half_is_predicted():
+    from dkd_core.model import predict_from_logits
+
+    # [1, 1 + 2, 1, 3]: sigmoid(0.01) = 0.5025, sigmoid(0) = 0.5, sigmoid(-0.01) = 0.4975.
+    logits = torch.tensor([[[[9.0, 9.0, 9.0]], [[0.01, 0.0, -0.01]], [[-5.0, -5.0, -5.0]]]])
+    assert predict_from_logits(logits).tolist() == [[[1, 0, 0]]]
