@@ -140,9 +140,9 @@ def _label_mask(labels: Iterable[int]) -> np.ndarray:
 
 def _check_ids(ids: Sequence[str], what: str) -> list[str]:
     ids = list(ids)
-    bad = next((i for i in ids if not isinstance(i, str) or not i), None)
-    if bad is not None:
-        raise DKDError(f"{what}: image ids must be non-empty strings, got {bad!r}")
+    bad = [i for i in ids if not isinstance(i, str) or not i]  # None included
+    if bad:
+        raise DKDError(f"{what}: image ids must be non-empty strings, got {bad[0]!r}")
     _check_unique(ids, what)
     return ids
 
