@@ -317,6 +317,17 @@ def test_aspp_at_output_stride_16_and_8():
 def test_deeplab_defaults_and_heads():
     from dkd_core.model import DeepLabV3
 
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(DeepLabV3).parameters.items()}
+    assert defaults == {
+        "classes_per_step": (15, 1),  # VOC 15-1 at step 1
+        "backbone": "resnet101",
+        "output_stride": 16,
+        "aspp_channels": 256,
+        "dropout": 0.1,
+        "pretrained_backbone": None,
+    }
     model = DeepLabV3((3, 2), backbone="tiny", output_stride=8, aspp_channels=16)
     assert model.aspp.dropout.p == 0.1
     heads = [model.aux_head, *model.step_heads]
