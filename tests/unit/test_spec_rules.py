@@ -315,9 +315,9 @@ def test_aspp_at_output_stride_16_and_8():
 
 
 def test_deeplab_defaults_and_heads():
-    from dkd_core.model import DeepLabV3
-
     import inspect
+
+    from dkd_core.model import DeepLabV3
 
     defaults = {k: p.default for k, p in inspect.signature(DeepLabV3).parameters.items()}
     assert defaults == {
