@@ -44,6 +44,11 @@ gpu-check: ## the CUDA path on one GPU in < 8 min, JSON in build/ [REFERENCE_DIR
 	$(GPU_PYTHON) benchmarks/gpu_check.py --json build/gpu_check.json \
 		$(if $(REFERENCE_DIR),--reference-dir $(REFERENCE_DIR)) $(GPU_CHECK_ARGS)
 
+.PHONY: mutate
+mutate: setup ## mutation testing of the method's modules, niced (slow): [MODULE=dkd_core/losses.py] [SAMPLE=40 SEED=0]
+	nice -n 19 $(PY) tools/mutate.py $(if $(MODULE),--module $(MODULE)) \
+		$(if $(SAMPLE),--sample $(SAMPLE) --seed $(or $(SEED),0))
+
 PIPELINE ?= toy
 DATA ?= data/$(PIPELINE)
 # $(call given,VAR): VAR's value when set on the command line or in the environment, else

@@ -1,7 +1,7 @@
 """Data pipeline images/s: our loader vs a per-pixel Python label remap, same images, one run.
 
 Two baselines, on the same images in the same run:
-- per-pixel: our dataset with one change, the label remap of SPEC §2 done the
+- per-pixel: our dataset with one change, the label remap of docs/method.md §2 done the
   way the authors' loader does it, after the transform, a Python function
   applied to every pixel (`tensor.apply_(lambda x: x if x in labels else 0)`);
   the ratio isolates the remap.

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
 
-    p = sub.add_parser("evaluate", help="test metrics of a checkpoint (SPEC §7)")
+    p = sub.add_parser("evaluate", help="test metrics of a checkpoint (docs/method.md §7)")
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint URI (model.safetensors + meta.json)"
     )

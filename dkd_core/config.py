@@ -1,7 +1,7 @@
 """Typed run configuration: frozen dataclasses from YAML, with dotted overrides.
 
 The dataclass defaults below are the single source of truth for every default
-(they are SPEC §6's VOC values); a benchmark YAML under `pipelines/configs/`
+(they are docs/method.md §6's VOC values); a benchmark YAML under `pipelines/configs/`
 states only what differs. `load_config("voc_15-1.yaml", ["optim.lr=0.01"])`
 reads the file, applies the overrides, checks every key and type, and returns
 a `Config`. A typo is an error naming the key and listing the valid ones. The
@@ -44,9 +44,13 @@ class DataConfig:
     batch_size: int = 32  # global, over all processes
     eval_batch_size: int = 1  # per process
     num_workers: int = 4
-    whole_image_eval: bool = False  # the reference evaluates a 512 centre crop (SPEC §2)
+    whole_image_eval: bool = False  # the reference evaluates a 512 centre crop (docs/method.md §2)
     split_workers: int = 0  # processes for the class-presence pass
     memory_size: int = 0  # DKD-M exemplars replayed from step 1 on (VOC 100, ADE20K 300); 0 = DKD
+    # Which model pseudo-labels old-step images for the DKD-M memory from step 2 on:
+    # "teacher" (step t-1's final model) or "untrained" (what the authors' code does:
+    # the teacher's architecture before its weights are loaded; docs/method.md).
+    memory_pseudo_labels: str = "teacher"
 
 
 @dataclass(frozen=True)
@@ -73,13 +77,13 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the loss terms in the total, and mbce's weight on positive pixels (SPEC §4)."""
+    """Weights of the loss terms in the total, and mbce's weight on positive pixels (docs/method.md §4)."""
 
     mbce: float = 1.0
     kd: float = 5.0
     dkd_pos: float = 5.0
     dkd_neg: float = 5.0
-    ac: float = 1.0  # 0 also switches new heads to Kaiming initialisation (SPEC §5)
+    ac: float = 1.0  # 0 also switches new heads to Kaiming initialisation (docs/method.md §5)
     pos_weight: float = 1.0
 
 
@@ -101,7 +105,7 @@ class TrainConfig:
     seed: int = 1
     amp: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
     channels_last: bool = False
-    freeze_bn_incremental: bool = True  # SPEC §5
+    freeze_bn_incremental: bool = True  # docs/method.md §5
     checkpoint_every: int = 500  # iterations between periodic checkpoints; 0 = final only
     keep_checkpoints: int = 2  # periodic checkpoints kept on disk
     log_every: int = 20  # iterations between log lines

@@ -1,4 +1,4 @@
-"""Segmentation metrics for class-incremental evaluation (SPEC §7).
+"""Segmentation metrics for class-incremental evaluation (docs/method.md §7).
 
 Predictions and labels are in channel space: channel 0 is background, channels
 1..S are the classes seen so far in the order they were learned, and 255 is
@@ -37,7 +37,7 @@ def _classes_per_step(step: _Step) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class SegmentationReport:
-    """Metrics of one evaluation pass; every value is in percent (SPEC §7)."""
+    """Metrics of one evaluation pass; every value is in percent (docs/method.md §7)."""
 
     iou: tuple[float, ...]
     class_accuracy: tuple[float, ...]
@@ -100,7 +100,7 @@ class SegmentationReport:
 
 
 class SegmentationMetrics:
-    """Confusion matrix accumulated on the device, mergeable across ranks (SPEC §7).
+    """Confusion matrix accumulated on the device, mergeable across ranks (docs/method.md §7).
 
     `confusion` is int64 [num_channels, num_channels], rows = target, columns =
     prediction. Distributed evaluation all-reduces it by summation.
@@ -135,7 +135,7 @@ class SegmentationMetrics:
 
     @classmethod
     def for_test(cls, step: _Step, device: torch.device | str | None = None) -> SegmentationMetrics:
-        """SPEC §7 test grouping: old = background + base classes, new = all later classes."""
+        """docs/method.md §7 test grouping: old = background + base classes, new = all later classes."""
         counts = _classes_per_step(step)
         n = 1 + sum(counts)
         return cls(n, range(counts[0] + 1), range(counts[0] + 1, n), device=device)
@@ -189,7 +189,7 @@ class SegmentationMetrics:
         self.confusion.zero_()
 
     def compute(self) -> SegmentationReport:
-        """Reduce the matrix to the SPEC §7 metrics, following the reference exactly.
+        """Reduce the matrix to the docs/method.md §7 metrics, following the reference exactly.
 
         A channel with an empty union (or empty row) scores 0 and still counts
         in the means, as in the reference.

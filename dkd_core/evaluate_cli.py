@@ -1,4 +1,4 @@
-"""`python -m dkd_core evaluate`: test metrics of a checkpoint (SPEC §7).
+"""`python -m dkd_core evaluate`: test metrics of a checkpoint (docs/method.md §7).
 
 The checkpoint's metadata says which task, step and config trained it; the
 same test split is rebuilt from the run's manifest (or built, when the data

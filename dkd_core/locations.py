@@ -5,7 +5,7 @@ By default a run lives under `run.output`:
     split/manifest.json            per-step image lists
     step_<t>/checkpoint/           the step's final model (meta.json written last)
     step_<t>/periodic/iter_<N>/    periodic checkpoints with training state
-    step_<t>/eval/metrics.json     test metrics after the step (SPEC §7)
+    step_<t>/eval/metrics.json     test metrics after the step (docs/method.md §7)
     step_<t>/train_log.jsonl       loss terms per logged iteration
     step_<t>/memory.json           DKD-M exemplars of the step
 

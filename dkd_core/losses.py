@@ -1,4 +1,4 @@
-"""The DKD objective (SPEC §4).
+"""The DKD objective (docs/method.md §4).
 
 Every term is binary cross-entropy with logits, averaged over batch and pixels
 for each channel and then summed over channels — i.e. the sum over all
@@ -47,7 +47,7 @@ def channel_bce(
 def mbce_loss(
     new_logits: torch.Tensor, labels: torch.Tensor, first_new_channel: int, pos_weight: float
 ) -> torch.Tensor:
-    """BCE of the new classes against the one-hot label (SPEC §4).
+    """BCE of the new classes against the one-hot label (docs/method.md §4).
 
     new_logits: [N, |C_t|, H, W]; labels: [N, H, W] in channel space, where the
     new classes are channels first_new_channel .. first_new_channel + |C_t| - 1.
@@ -61,7 +61,7 @@ def mbce_loss(
 
 
 def ac_loss(aux_logits: torch.Tensor) -> torch.Tensor:
-    """The auxiliary classifier learns to say "no" everywhere (SPEC §4). aux_logits: [N, 1, H, W]."""
+    """The auxiliary classifier learns to say "no" everywhere (docs/method.md §4). aux_logits: [N, 1, H, W]."""
     return channel_bce(aux_logits, torch.zeros_like(aux_logits))
 
 
@@ -77,7 +77,7 @@ def dkd_losses(
     step: TaskStep,
     weights: LossWeights,
 ) -> dict[str, torch.Tensor]:
-    """All terms of SPEC §4 for one batch, unweighted, plus the weighted "total".
+    """All terms of docs/method.md §4 for one batch, unweighted, plus the weighted "total".
 
     outputs: the student's forward (with `decompose=True` at t > 0).
     teacher_outputs: the teacher's forward with `decompose=True`; None at step 0.

@@ -3,7 +3,7 @@
 `step_data` turns a config and a step into train and test datasets, through
 the run's split manifest (built once by one process, cached at its URI, and
 kept as is when imported from the authors' lists). `exemplar_memory` adds the
-DKD-M replay images of SPEC §2 (see `memory`).
+DKD-M replay images of docs/method.md §2 (see `memory`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from dkd_core.data.splits import (
 )
 from dkd_core.errors import DKDError
 from dkd_core.locations import StepLocations, cache_dir, memory_beside, run_manifest_uri
-from dkd_core.memory import ground_truth_label_sets, pseudo_label_sets, select
+from dkd_core.memory import (
+    check_labeller_choice,
+    ground_truth_label_sets,
+    memory_labeller,
+    pseudo_label_sets,
+    select,
+)
 from dkd_core.storage import is_remote, local_path, open_store, sync_dataset
 from dkd_core.tasks import Task, TaskStep, get_task
 
@@ -66,7 +72,7 @@ class StepData:
 def train_dataset(config: Config, step: TaskStep, samples: list[Sample]) -> SegmentationDataset:
     return SegmentationDataset(
         samples,
-        step.label_lut(step.new_labels, fill=0),  # SPEC §2: only C_t stays
+        step.label_lut(step.new_labels, fill=0),  # docs/method.md §2: only C_t stays
         TrainTransform(config.data.crop_size),
         seed=config.train.seed,
         allowed_labels=range(task_of(config).num_classes + 1),
@@ -108,7 +114,7 @@ def step_data(
         )  # fmt: skip
     manifest = distributed.broadcast_object(manifest)
     split = manifest_step(manifest, step.index)
-    # An empty set would train nothing, or report an mIoU of 0 as if measured (SPEC §2 rules).
+    # An empty set would train nothing, or report an mIoU of 0 as if measured (docs/method.md §2).
     for split_name, ids, rule in (
         ("train", split.train, f"holds a pixel of the step's new labels {list(step.new_labels)}"),
         ("val", split.test, f"holds any label seen so far {list(step.seen_labels)}"),
@@ -223,11 +229,12 @@ def exemplar_memory(
     teacher,
     info: distributed.DistInfo,
 ) -> list[str]:
-    """DKD-M: ids of the old-step images replayed at this step (SPEC §2; see `memory`).
+    """DKD-M: ids of the old-step images replayed at this step (docs/method.md §2; see `memory`).
 
     The choice is written to the step's memory.json, reused on resume and read
     by the next step (beside its teacher checkpoint).
     """
+    check_labeller_choice(config.data.memory_pseudo_labels)  # at step 1 already, not at step 2
     store = open_store(locations.memory)
     if store.exists(locations.memory):  # chosen before an interruption: the same images again
         return store.read_json(locations.memory)["memory"]
@@ -238,8 +245,11 @@ def exemplar_memory(
     if step.index == 1:
         label_sets = ground_truth_label_sets(previous_train, previous.new_labels)
     else:
+        labeller = memory_labeller(
+            config.data.memory_pseudo_labels, teacher, config.model.pretrained, config.train.seed
+        )
         label_sets = pseudo_label_sets(
-            teacher, previous_train, previous, config.data.crop_size, info
+            labeller, previous_train, previous, config.data.crop_size, info
         )
         previous_memory_uri = memory_beside(teacher_uri)
         if not open_store(previous_memory_uri).exists(previous_memory_uri):

@@ -1,10 +1,10 @@
-"""Class-incremental tasks: which labels are learned at each step (SPEC §1, §2).
+"""Class-incremental tasks: which labels are learned at each step (docs/method.md §1, §2).
 
 A task splits a dataset's K classes (labels 1..K; 0 is background, 255 ignore)
 into steps. Step t learns the new classes C_t; C_0..C_{t-1} are old. The model's
 output channels follow the task's class order: channel 0 is background and
 channel k is the k-th seen label, so the label -> channel mapping is always an
-explicit table, never "label minus offset" (SPEC §1), which keeps shuffled
+explicit table, never "label minus offset" (docs/method.md §1), which keeps shuffled
 class orders correct.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from dkd_core.errors import DKDError
 
-# Classes per built-in dataset, excluding background (label 0); 255 = ignore (SPEC §1).
+# Classes per built-in dataset, excluding background (label 0); 255 = ignore (docs/method.md §1).
 DATASET_NUM_CLASSES = {"voc": 20, "ade": 150}
 SETTINGS = ("overlap", "disjoint")
 
@@ -31,7 +31,7 @@ Steps = tuple[tuple[int, ...], ...]
 
 @dataclass(frozen=True)
 class TaskStep:
-    """Step t of a task: its new labels C_t and old labels C_0..C_{t-1} (SPEC §1, §2)."""
+    """Step t of a task: its new labels C_t and old labels C_0..C_{t-1} (docs/method.md §1, §2)."""
 
     dataset: str
     task_name: str
@@ -78,7 +78,7 @@ class TaskStep:
         return tuple(range(self.num_old + 1, self.num_seen + 1))
 
     def label_lut(self, keep_labels: Iterable[int], fill: int) -> np.ndarray:
-        """Lookup table that remaps a label image in one vectorised op: `lut[label_png]` (SPEC §2).
+        """Lookup table that remaps a label image in one vectorised op: `lut[label_png]` (docs/method.md §2).
 
         Background (0) stays 0, ignore (255) stays 255, each label of `keep_labels`
         becomes its output channel and every other value becomes `fill`. Train
@@ -102,7 +102,7 @@ class TaskStep:
 
 @dataclass(frozen=True)
 class Task:
-    """A class-incremental task: the labels learned at each step, in channel order (SPEC §1)."""
+    """A class-incremental task: the labels learned at each step, in channel order (docs/method.md §1)."""
 
     dataset: str
     name: str
@@ -153,7 +153,7 @@ class Task:
 
 
 def _ascending_steps(num_classes: int, base: int, increment: int) -> Steps:
-    """The "B-I" rule: step 0 learns 1..B, then consecutive groups of I up to K (SPEC §1)."""
+    """The "B-I" rule: step 0 learns 1..B, then consecutive groups of I up to K (docs/method.md §1)."""
     first = tuple(range(1, base + 1))
     later = (tuple(range(s, s + increment)) for s in range(base + 1, num_classes + 1, increment))
     return (first, *later)
@@ -169,7 +169,7 @@ def _check_partition(dataset: str, name: str, num_classes: int, steps: Steps) ->
         )
 
 
-# Shuffled VOC 15-1 class orders published with the reference implementation (SPEC §1).
+# Shuffled VOC 15-1 class orders published with the reference implementation (docs/method.md §1).
 _VOC_15_1_SHUFFLED: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "b": ((12, 9, 20, 7, 15, 8, 14, 16, 5, 19, 4, 1, 13, 2, 11), (17, 3, 6, 18, 10)),
     "c": ((13, 19, 15, 17, 9, 8, 5, 20, 4, 3, 10, 11, 18, 16, 7), (12, 14, 6, 1, 2)),
@@ -204,7 +204,7 @@ def _named_steps(name: str, num_classes: int) -> Steps:
     return _ascending_steps(num_classes, base, increment)
 
 
-# Named tasks of the built-in datasets (SPEC §1), checked to partition 1..K at import.
+# Named tasks of the built-in datasets (docs/method.md §1), checked to partition 1..K at import.
 _NAMED_TASKS: dict[str, dict[str, Steps]] = {
     "voc": {
         name: _named_steps(name, 20)
@@ -235,7 +235,7 @@ def list_tasks(dataset: str) -> tuple[str, ...]:
 def get_task(
     dataset: str, name: str, setting: str = "overlap", num_classes: int | None = None
 ) -> Task:
-    """Look up a task (SPEC §1).
+    """Look up a task (docs/method.md §1).
 
     Built-in datasets ("voc", "ade") accept only their named tasks. Any other
     (lower-case) dataset is custom: `num_classes` K is required and the name

@@ -1,4 +1,4 @@
-"""One CISS step, exactly as SPEC §5–6: `python -m dkd_core train --config C.yaml --step N`.
+"""One CISS step, exactly as docs/method.md §5–6: `python -m dkd_core train --config C.yaml --step N`.
 
 Step 0 trains base classes from (optionally) ImageNet weights. Step t > 0
 loads step t-1's final checkpoint into the student and a frozen teacher,
@@ -82,7 +82,7 @@ def build_student_and_teacher(
             f"{step.index - 1} of {step.task_name} has {list(expected)}"
         )
     teacher = model.as_teacher()
-    # SPEC §5: new head from the auxiliary classifier (random when the ac loss is off).
+    # docs/method.md §5: new head from the auxiliary classifier (random when the ac loss is off).
     model.add_step(step.num_new, init_from_auxiliary=config.loss.ac > 0)
     if config.train.freeze_bn_incremental:
         model.freeze_bn()
@@ -90,7 +90,7 @@ def build_student_and_teacher(
 
 
 def lr_factor(config: Config, iteration: int, max_iterations: int) -> float:
-    """Poly decay, optionally after a linear warm-up (SPEC §6), stepped every iteration."""
+    """Poly decay, optionally after a linear warm-up (docs/method.md §6), stepped every iteration."""
     o = config.optim
     factor = (1.0 - iteration / max_iterations) ** o.power
     if o.schedule == "warmup_poly":
@@ -152,7 +152,7 @@ def _restore(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
 def evaluate_model(
     model: torch.nn.Module, loader: DataLoader, step: TaskStep, device: torch.device
 ) -> SegmentationReport:
-    """Test metrics of SPEC §7, summed over all processes."""
+    """Test metrics of docs/method.md §7, summed over all processes."""
     was_training = model.training
     model.eval()
     metrics = SegmentationMetrics.for_test(step, device=device)

@@ -1,4 +1,4 @@
-"""The data pipeline: dataset layouts, SPEC §2 augmentation, datasets, loaders, toy data."""
+"""The data pipeline: dataset layouts, docs/method.md §2 augmentation, datasets, loaders, toy data."""
 
 from dkd_core.data.dataset import (
     ResumableSampler,

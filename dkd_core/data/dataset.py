@@ -1,8 +1,8 @@
-"""A torch Dataset over one step's split, and its DataLoader (SPEC §2).
+"""A torch Dataset over one step's split, and its DataLoader (docs/method.md §2).
 
 Each item is read, augmented jointly (image and label) and its label remapped
 from dataset labels to output channels with the step's lookup table
-(`TaskStep.label_lut`) in one vectorised indexing op (SPEC §2).
+(`TaskStep.label_lut`) in one vectorised indexing op (docs/method.md §2).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _read_image(path: Path) -> Image.Image:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """Images and channel-space labels of one split of one step (SPEC §2).
+    """Images and channel-space labels of one split of one step (docs/method.md §2).
 
     Item i -> {"image": uint8 [3, H, W], "label": uint8 [H, W] (after the LUT), "index": i};
     the training loop normalises images (`transforms.normalize`) and widens labels on the device.
@@ -69,7 +69,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
                 f"got {label_lut.dtype} {label_lut.shape}"
             )
         self.samples = list(samples)
-        self.label_lut = label_lut  # [256] uint8: dataset label -> channel (SPEC §2)
+        self.label_lut = label_lut  # [256] uint8: dataset label -> channel (docs/method.md §2)
         self.transform = transform
         self.seed = int(seed)
         self._allowed: np.ndarray | None = None  # sorted valid label values
@@ -92,7 +92,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return len(self.samples)
 
     def remap(self, label: np.ndarray) -> np.ndarray:
-        """Dataset labels -> output channels: one vectorised lookup (SPEC §2)."""
+        """Dataset labels -> output channels: one vectorised lookup (docs/method.md §2)."""
         return np.take(self.label_lut, label)
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Reading label PNGs: class indices, never colours (SPEC §2).
+"""Reading label PNGs: class indices, never colours (docs/method.md §2).
 
 One reader for the split pass and the training data, so a label that passes
 one passes the other. Mode P (palette indices) and L are read as they are; a

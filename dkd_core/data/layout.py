@@ -1,4 +1,4 @@
-"""Where a dataset's files are: image/label pairs of the train and val splits (SPEC §1, §2).
+"""Where a dataset's files are: image/label pairs of the train and val splits (docs/method.md §1, §2).
 
 Three on-disk formats are understood:
 
@@ -11,7 +11,7 @@ Three on-disk formats are understood:
 - "palette": any dataset described by a `dataset.yaml` (classes, folders, suffixes, lists).
 
 Labels are single-channel PNGs (palette indices or grayscale): 0 background,
-1..K classes, 255 ignore (SPEC §1). Every path a split names is checked when the
+1..K classes, 255 ignore (docs/method.md §1). Every path a split names is checked when the
 split is listed, so a missing file is reported before training starts.
 """
 
@@ -64,7 +64,7 @@ VOC_CLASS_NAMES = (
     "tvmonitor",
 )
 ADE_NUM_CLASSES = 150
-# SPEC §2: at test time, labels of not-yet-seen classes become 0 (VOC) or 255 (ADE20K).
+# docs/method.md §2: at test time, labels of not-yet-seen classes become 0 (VOC) or 255 (ADE20K).
 VOC_UNSEEN_TEST_LABEL = 0
 ADE_UNSEEN_TEST_LABEL = 255
 # Labels 1..K and 255 (ignore) share uint8: at most 254 classes besides background.
@@ -107,7 +107,7 @@ class DatasetLayout:
     root: Path
     format: str  # "voc" | "ade" | "palette"
     class_names: tuple[str, ...]  # index = dataset label; [0] = background
-    unseen_test_label: int  # SPEC §2: 0 for VOC and palette by default, 255 for ADE20K
+    unseen_test_label: int  # docs/method.md §2: 0 for VOC and palette by default, 255 for ADE20K
     # Per-split files, as (split, files) pairs; when empty, the standard VOC/ADE20K folders.
     splits: tuple[tuple[str, SplitFiles], ...] = ()
     image_suffix: str = ".jpg"

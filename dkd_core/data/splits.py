@@ -1,6 +1,6 @@
-"""Per-step data splits and exemplar memory for class-incremental segmentation (SPEC §2).
+"""Per-step data splits and exemplar memory for class-incremental segmentation (docs/method.md §2).
 
-For step t with new labels N = C_t and old labels O = C_0..C_{t-1} (SPEC §2):
+For step t with new labels N = C_t and old labels O = C_0..C_{t-1} (docs/method.md §2):
 
 - train: every train image whose mask holds at least one pixel of N. In the
   disjoint setting an image is also dropped if its mask holds any label outside
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "dkd-split-manifest"
 MANIFEST_VERSION = 1
-# Label PNGs hold uint8 values: 0 background, 1..K classes, 255 ignore (SPEC §1).
+# Label PNGs hold uint8 values: 0 background, 1..K classes, 255 ignore (docs/method.md §1).
 BACKGROUND, IGNORE = 0, 255
 SPLITS = ("train", "val", "test")
 
@@ -67,7 +67,7 @@ _STEP_KEYS = ("step", "new_labels", "old_labels", *SPLITS)
 
 @dataclass(frozen=True)
 class StepSplit:
-    """The image ids of one step (SPEC §2); every id tuple is sorted."""
+    """The image ids of one step (docs/method.md §2); every id tuple is sorted."""
 
     step: int
     new_labels: tuple[int, ...]
@@ -171,9 +171,9 @@ def _label_mask(labels: Iterable[int]) -> np.ndarray:
 
 def _check_ids(ids: Sequence[str], what: str) -> list[str]:
     ids = list(ids)
-    bad = next((i for i in ids if not isinstance(i, str) or not i), None)
-    if bad is not None:
-        raise DKDError(f"{what}: image ids must be non-empty strings, got {bad!r}")
+    bad = [i for i in ids if not isinstance(i, str) or not i]  # None included
+    if bad:
+        raise DKDError(f"{what}: image ids must be non-empty strings, got {bad[0]!r}")
     _check_unique(ids, what)
     return ids
 
@@ -206,7 +206,7 @@ def derive_splits(
     val_ids: Sequence[str],
     val_presence: np.ndarray,
 ) -> list[StepSplit]:
-    """The train/val/test image ids of every step of `task` (SPEC §2).
+    """The train/val/test image ids of every step of `task` (docs/method.md §2).
 
     `*_presence[i]` is the class presence row (`class_presence`) of `*_ids[i]`.
     """
@@ -219,7 +219,7 @@ def derive_splits(
     for step in task:
         new = _label_mask(step.new_labels)
         seen = _label_mask(step.seen_labels)
-        # SPEC §2: train keeps images holding at least one pixel of a new class ...
+        # docs/method.md §2: train keeps images holding at least one pixel of a new class ...
         train_keep = train_presence[:, new].any(axis=1)
         if task.setting == "disjoint":
             # ... and, disjoint only, drops those holding a future class:
@@ -233,7 +233,7 @@ def derive_splits(
                 new_labels=step.new_labels,
                 old_labels=step.old_labels,
                 train=_select(train_ids, train_keep),
-                # SPEC §2: val = val-split images with any new class; test = any seen class.
+                # docs/method.md §2: val = val-split images with any new class; test = any seen class.
                 val=_select(val_ids, val_presence[:, new].any(axis=1)),
                 test=_select(val_ids, val_presence[:, seen].any(axis=1)),
             )
@@ -335,7 +335,7 @@ def _build(
 def _check_label_values(
     presence: np.ndarray, label_paths: Sequence[Path], num_classes: int
 ) -> None:
-    """Every label value is background, ignore or a class 1..K (SPEC §1): checked here, in
+    """Every label value is background, ignore or a class 1..K (docs/method.md §1): checked here, in
     seconds, rather than by the DataLoader in the middle of training."""
     allowed = np.zeros(NUM_LABEL_VALUES, dtype=bool)  # [256]
     allowed[[BACKGROUND, IGNORE, *range(1, num_classes + 1)]] = True
@@ -600,7 +600,7 @@ def select_memory(
     mem_size: int,
     seed: int,
 ) -> list[str]:
-    """Class-balanced exemplar memory for DKD-M (SPEC §2); ids in selection order.
+    """Class-balanced exemplar memory for DKD-M (docs/method.md §2); ids in selection order.
 
     `candidate_labels` gives each candidate's (pseudo-)label set: a mapping id ->
     labels, or a presence array [len(candidates), 256] aligned with `candidates`.

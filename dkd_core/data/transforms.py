@@ -1,4 +1,4 @@
-"""Joint image/label augmentation (SPEC §2), with PIL, numpy and torch only.
+"""Joint image/label augmentation (docs/method.md §2), with PIL, numpy and torch only.
 
 Train: Inception-style random resized crop (area fraction uniform in
 [0.5, 2.0], aspect ratio log-uniform in [3/4, 4/3], up to 10 tries, else a
@@ -39,7 +39,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)  # [3, 1, 1]
 _STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)  # [3, 1, 1]
 
-# SPEC §2 random resized crop parameters.
+# docs/method.md §2 random resized crop parameters.
 DEFAULT_SCALE = (0.5, 2.0)
 DEFAULT_RATIO = (3 / 4, 4 / 3)
 _CROP_TRIES = 10
@@ -61,7 +61,7 @@ def random_resized_crop_params(
     *,
     rng: np.random.Generator,
 ) -> tuple[int, int, int, int]:
-    """A random crop box (top, left, height, width), as torchvision's RandomResizedCrop (SPEC §2).
+    """A random crop box (top, left, height, width), as torchvision's RandomResizedCrop (docs/method.md §2).
 
     Up to 10 tries: area = W*H * uniform(scale), aspect ratio w/h log-uniform in
     `ratio`; accepted when the box fits in the image, at a uniform top-left.
@@ -105,7 +105,7 @@ def to_uint8_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images [..., 3, H, W] -> float32, ImageNet-normalised (SPEC §2).
+    """uint8 images [..., 3, H, W] -> float32, ImageNet-normalised (docs/method.md §2).
 
     Loaders hand out uint8 (4x fewer bytes through workers and pinned memory);
     this runs on the training device, batched: (x / 255 - mean) / std.
@@ -164,7 +164,7 @@ def _check_size(name: str, size: int) -> None:
 
 @dataclass(frozen=True)
 class TrainTransform:
-    """SPEC §2 train augmentation: random resized crop to S x S, horizontal flip, normalise."""
+    """docs/method.md §2 train augmentation: random resized crop to S x S, horizontal flip, normalise."""
 
     crop_size: int
     scale: tuple[float, float] = DEFAULT_SCALE
@@ -195,7 +195,7 @@ class TrainTransform:
 
 @dataclass(frozen=True)
 class EvalTransform:
-    """SPEC §2 validation/test transform: shorter side to S, centre crop S x S, normalise.
+    """docs/method.md §2 validation/test transform: shorter side to S, centre crop S x S, normalise.
 
     With `whole_image=True` the image keeps its original size (only normalised).
     """

@@ -1,4 +1,4 @@
-"""Atrous Spatial Pyramid Pooling, DeepLabV3's head before the classifiers (SPEC §3)."""
+"""Atrous Spatial Pyramid Pooling, DeepLabV3's head before the classifiers (docs/method.md §3)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class ASPP(nn.Module):
     `pooling` is the image-level branch (global average, 1x1 conv, broadcast
     back). `project` (1x1 with dropout 0.1) and `fuse` (3x3) follow, both with
     BN and ReLU, so the output is non-negative — which is what makes the
-    decomposition of SPEC §3 meaningful.
+    decomposition of docs/method.md §3 meaningful.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""DeepLabV3 with one sigmoid classifier per CISS step (SPEC §3, §5, §6).
+"""DeepLabV3 with one sigmoid classifier per CISS step (docs/method.md §3, §5, §6).
 
 Output channel 0 is the auxiliary classifier, which reads the ASPP feature
 detached from the graph; channels 1.. are the real classes in the order they
@@ -21,7 +21,7 @@ from dkd_core.errors import DKDError
 from dkd_core.model.aspp import ASPP
 from dkd_core.model.resnet import build_backbone, load_imagenet_weights
 
-# ASPP and classifiers learn ten times faster than the backbone (SPEC §6).
+# ASPP and classifiers learn ten times faster than the backbone (docs/method.md §6).
 HEAD_LR_MULTIPLIER = 10.0
 
 
@@ -31,7 +31,7 @@ class SegmentationOutput:
 
     logits: [N, 1 + C, H, W] at input resolution; channel 0 = auxiliary classifier.
     pos, neg: [N, C, h, w] at feature resolution, the positive and negative parts
-        of each real class's logit (SPEC §3); None unless asked for.
+        of each real class's logit (docs/method.md §3); None unless asked for.
     """
 
     logits: torch.Tensor
@@ -40,7 +40,7 @@ class SegmentationOutput:
 
 
 def predict_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Inference rule (SPEC §3): argmax of sigmoid over real classes; background if none > 0.5.
+    """Inference rule (docs/method.md §3): argmax of sigmoid over real classes; background if none > 0.5.
 
     logits: [N, 1 + C, H, W] -> prediction [N, H, W] in channel space (0 = background).
     The argmax runs on probabilities, not logits: saturated sigmoids tie, and the
@@ -103,7 +103,7 @@ class DeepLabV3(nn.Module):
         }
 
     def add_step(self, num_new_classes: int, init_from_auxiliary: bool = True) -> None:
-        """Grow by one CISS step (SPEC §5).
+        """Grow by one CISS step (docs/method.md §5).
 
         The new head starts as copies of the auxiliary classifier (weight and bias
         in every output), or Kaiming-normal when the `ac` loss is off.
@@ -127,7 +127,7 @@ class DeepLabV3(nn.Module):
         features = self.aspp(self.backbone(images))  # [N, D, h, w], >= 0 after ReLU
         weight = torch.cat([h.weight for h in self.step_heads])  # [C, D, 1, 1]
         bias = torch.cat([h.bias for h in self.step_heads])  # [C]
-        # The auxiliary classifier must not train the trunk (SPEC §3).
+        # The auxiliary classifier must not train the trunk (docs/method.md §3).
         aux = F.conv2d(features.detach(), self.aux_head.weight, self.aux_head.bias)  # [N, 1, h, w]
         pos = neg = None
         if decompose:
@@ -151,7 +151,7 @@ class DeepLabV3(nn.Module):
     # -- training state ------------------------------------------------------------------
 
     def freeze_bn(self) -> None:
-        """From step 1 on (SPEC §5): BN keeps its running statistics and affine parameters,
+        """From step 1 on (docs/method.md §5): BN keeps its running statistics and affine parameters,
         dropout is off. Stays so across `train()` calls."""
         self.bn_frozen = True
         for m in self.modules():
@@ -168,7 +168,7 @@ class DeepLabV3(nn.Module):
         return self
 
     def parameter_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """SGD parameter groups of SPEC §6.
+        """SGD parameter groups of docs/method.md §6.
 
         Step 0: backbone at lr, ASPP and all classifiers at 10·lr, all with weight decay.
         Step t>0: the same learning rates, weight decay only on the newest head;

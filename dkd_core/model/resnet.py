@@ -1,4 +1,4 @@
-"""ResNet backbones with dilation, in torchvision's parameter layout (SPEC §3).
+"""ResNet backbones with dilation, in torchvision's parameter layout (docs/method.md §3).
 
 Module and parameter names follow torchvision (`conv1`, `bn1`, `layer1.0.conv1`,
 `layer2.0.downsample.0`, ...) so that ImageNet weights saved by torchvision load
@@ -21,7 +21,7 @@ from torch import nn
 
 from dkd_core.errors import DKDError
 
-# Backbone BN momentum (SPEC §5): running statistics move slowly, as in the reference.
+# Backbone BN momentum (docs/method.md §5): running statistics move slowly, as in the reference.
 BACKBONE_BN_MOMENTUM = 0.01
 
 

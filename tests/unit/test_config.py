@@ -1,4 +1,4 @@
-"""Typed config: YAML + dotted overrides, typos named, SPEC §6 hyperparameters per benchmark."""
+"""Typed config: YAML + dotted overrides, typos named, docs/method.md §6 hyperparameters per benchmark."""
 
 from pathlib import Path
 

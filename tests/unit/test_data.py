@@ -1,4 +1,4 @@
-"""Tests for dkd_core.data: dataset layouts, SPEC §2 transforms, the step dataset and loader."""
+"""Tests for dkd_core.data: dataset layouts, docs/method.md §2 transforms, the step dataset and loader."""
 
 from __future__ import annotations
 

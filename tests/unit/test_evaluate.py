@@ -1,4 +1,4 @@
-"""Tests for dkd_core.evaluate (SPEC §7): confusion matrix, IoU groups, accuracies."""
+"""Tests for dkd_core.evaluate (docs/method.md §7): confusion matrix, IoU groups, accuracies."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loss terms of SPEC §4 against hand-computed values."""
+"""Loss terms of docs/method.md §4 against hand-computed values."""
 
 import math
 

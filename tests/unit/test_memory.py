@@ -1,4 +1,4 @@
-"""DKD-M exemplar memory: label sets from ground truth and from confident predictions (SPEC §2)."""
+"""DKD-M exemplar memory: label sets from ground truth and from confident predictions (docs/method.md §2)."""
 
 from pathlib import Path
 

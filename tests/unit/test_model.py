@@ -1,4 +1,4 @@
-"""DeepLabV3: decomposition, auxiliary classifier, growth, frozen BN, parameter groups (SPEC §3, §5, §6)."""
+"""DeepLabV3: decomposition, auxiliary classifier, growth, frozen BN, parameter groups (docs/method.md §3, §5, §6)."""
 
 import argparse
 

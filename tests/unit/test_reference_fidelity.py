@@ -1,4 +1,8 @@
-"""Our numbers against the authors' implementation, same weights and inputs (tests/golden/README.md)."""
+"""Our numbers against the authors' implementation, same weights and inputs (tests/golden/README.md).
+
+The tolerances below are the ones the README quotes; the differences measured
+when the golden file was made are four to ten times smaller.
+"""
 
 import json
 from pathlib import Path
@@ -16,6 +20,10 @@ from dkd_core.tasks import get_task
 from tests.helpers import synthetic_weights
 
 GOLDEN = Path(__file__).parents[1] / "golden"
+OUTPUT_ATOL = 2e-5  # logits and decomposed terms, absolute (values up to about 13)
+LOSS_RTOL = 1e-6  # each loss term, relative
+GRAD_TOL = 1e-5  # whole gradient tensors, relative to the tensor's largest magnitude
+METRIC_ATOL = 1e-6  # metrics, in percent
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +58,12 @@ def run(golden):
 def test_logits_and_decomposed_terms_match_the_authors(golden, run):
     _, tensors = golden
     _, out, teacher_out, _ = run
-    assert_close(out.logits, tensors["student.logits"], atol=1e-4, rtol=0)
-    assert_close(out.pos, tensors["student.pos"], atol=1e-4, rtol=0)
-    assert_close(out.neg, tensors["student.neg"], atol=1e-4, rtol=0)
-    assert_close(teacher_out.logits, tensors["teacher.logits"], atol=1e-4, rtol=0)
-    assert_close(teacher_out.pos, tensors["teacher.pos"], atol=1e-4, rtol=0)
-    assert_close(teacher_out.neg, tensors["teacher.neg"], atol=1e-4, rtol=0)
+    assert_close(out.logits, tensors["student.logits"], atol=OUTPUT_ATOL, rtol=0)
+    assert_close(out.pos, tensors["student.pos"], atol=OUTPUT_ATOL, rtol=0)
+    assert_close(out.neg, tensors["student.neg"], atol=OUTPUT_ATOL, rtol=0)
+    assert_close(teacher_out.logits, tensors["teacher.logits"], atol=OUTPUT_ATOL, rtol=0)
+    assert_close(teacher_out.pos, tensors["teacher.pos"], atol=OUTPUT_ATOL, rtol=0)
+    assert_close(teacher_out.neg, tensors["teacher.neg"], atol=OUTPUT_ATOL, rtol=0)
 
 
 def test_predictions_match_the_authors_inference_rule(golden, run):
@@ -70,7 +78,7 @@ def test_loss_terms_match_the_authors(golden, run):
     losses = run[3]
     assert set(losses) == set(meta["losses"])
     for name, value in meta["losses"].items():
-        assert losses[name].item() == pytest.approx(value, rel=1e-5), name
+        assert losses[name].item() == pytest.approx(value, rel=LOSS_RTOL), name
 
 
 def test_gradients_match_the_authors(golden, run):
@@ -78,8 +86,9 @@ def test_gradients_match_the_authors(golden, run):
     params = dict(run[0].named_parameters())
     for key in meta["grad_keys"]:
         expected = tensors["grad." + key]
-        grad = params[reference_key_to_ours(key)].grad.flatten()[: expected.numel()]
-        assert_close(grad, expected, atol=1e-4 * expected.abs().max().item(), rtol=0, msg=key)
+        grad = params[reference_key_to_ours(key)].grad
+        assert grad.shape == expected.shape, key  # the whole tensor, every value
+        assert_close(grad, expected, atol=GRAD_TOL * expected.abs().max().item(), rtol=0, msg=key)
 
 
 def test_metrics_match_the_authors_evaluator(golden):
@@ -88,4 +97,4 @@ def test_metrics_match_the_authors_evaluator(golden):
     metrics.update(tensors["eval.prediction"].long(), tensors["eval.target"].long())
     report = metrics.compute().to_dict()
     for name, value in meta["eval"].items():
-        assert report[name] == pytest.approx(value, abs=1e-4), name
+        assert report[name] == pytest.approx(value, abs=METRIC_ATOL), name

@@ -1,7 +1,7 @@
-"""Tests for dkd_core.data.splits: class presence, per-step splits, manifests, memory (SPEC §2).
+"""Tests for dkd_core.data.splits: class presence, per-step splits, manifests, memory (docs/method.md §2).
 
 The fixture writes tiny label PNGs whose class content is chosen by hand; every
-expected split below is written out image by image from the SPEC §2 rules, not
+expected split below is written out image by image from the docs/method.md §2 rules, not
 computed by the code under test.
 """
 
@@ -59,7 +59,7 @@ VAL_LABELS: dict[str, tuple[int, ...]] = {
     "v07": (0, 2),
 }
 
-# Expected train ids per step, written out from SPEC §2.
+# Expected train ids per step, written out from docs/method.md §2.
 EXPECTED_TRAIN = {
     "overlap": [
         ("t01", "t02", "t03", "t04", "t07", "t11"),  # any of 1, 2

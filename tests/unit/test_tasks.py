@@ -1,4 +1,4 @@
-"""Tests for dkd_core.tasks: task tables, step label/channel maps, label LUTs (SPEC §1, §2)."""
+"""Tests for dkd_core.tasks: task tables, step label/channel maps, label LUTs (docs/method.md §1, §2)."""
 
 from __future__ import annotations
 
