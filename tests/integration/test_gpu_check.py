@@ -118,7 +118,11 @@ def finite(x) -> bool:
 def test_cpu_path_runs_every_stage_and_reports_sane_figures(tmp_path):
     out = tmp_path / "gpu_check.json"
     reference = stand_in_reference(tmp_path / "reference")
-    result = run_check("--json", str(out), "--reference-dir", str(reference))
+    # The stage budgets keep a GPU run under its 8 minutes; here they are widened so that
+    # a loaded CI machine tests what the stages compute, not how fast it is.
+    stage_names = ("env", "correctness", "ciss", "throughput", "pipeline")
+    wide = [f"--budget={stage}=900" for stage in stage_names]
+    result = run_check("--json", str(out), "--reference-dir", str(reference), *wide, timeout=3600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     stages = report["stages"]

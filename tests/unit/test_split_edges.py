@@ -31,7 +31,7 @@ def test_image_ids_must_be_non_empty_strings(bad):
 
 @pytest.mark.parametrize("steps", [[{}, [3]], [[1, 2], ""], "12"])
 def test_manifest_task_steps_must_be_lists_of_label_lists(tmp_path: Path, data, steps):  # noqa: F811
-    manifest = _build(get_task("toy", "2-1", num_classes=3), data)
+    manifest = _build(get_task("toy", "2-1", num_classes=4), data)
     bad = _corrupt(tmp_path / "bad.json", manifest, lambda m: m["task"].update(steps=steps))
     with pytest.raises(DKDError, match=r"'task\.steps' must be a list of label lists"):
         read_manifest(bad)
