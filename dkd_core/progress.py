@@ -1,4 +1,4 @@
-"""Progress lines of a training step: iteration/total, loss, speed and ETA, every few seconds.
+"""Progress lines of a training step (iteration/total, loss, speed, ETA) and of a series of runs.
 
 One plain line at a time, never a carriage-return bar: it reads the same in a terminal,
 in `kubectl logs` of a job's pod, in the Kubeflow UI's log tab and in a file, and a
@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 log = logging.getLogger("dkd_core.progress")
+T = TypeVar("T")
 
 
 def format_duration(seconds: float) -> str:
@@ -85,3 +87,40 @@ class ProgressLine:
         elif rate is not None:
             parts.append(f"ETA {format_duration((self.total - iteration) / rate)}")
         return ", ".join(parts)
+
+
+class RunSeries:
+    """A line when each run of a fixed series starts and when it finishes, for scripts
+    that train many steps in a row (a benchmark): which run, how long it took, how long
+    the series has run and, from the mean run so far, how long it has left.
+
+        [3/14] seed 1 KD-only step 1: started (elapsed 3m12s)
+        [3/14] seed 1 KD-only step 1: done in 1m40s (elapsed 4m52s, ETA 18m14s)
+    """
+
+    def __init__(
+        self,
+        total: int,
+        clock: Callable[[], float] = time.monotonic,
+        emit: Callable[[str], None] = lambda line: print(line, flush=True),
+    ) -> None:
+        self.total, self.finished = total, 0
+        self._clock, self._emit = clock, emit
+        self._started = clock()
+
+    def run(self, label: str, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`work(*args, **kwargs)`, with its start and finish lines."""
+        prefix = f"[{self.finished + 1}/{self.total}] {label}"
+        began = self._clock()
+        self._emit(f"{prefix}: started (elapsed {format_duration(began - self._started)})")
+        result = work(*args, **kwargs)
+        now = self._clock()
+        self.finished += 1
+        elapsed = now - self._started
+        left = self.total - self.finished
+        eta = f", ETA {format_duration(elapsed / self.finished * left)}" if left > 0 else ""
+        self._emit(
+            f"{prefix}: done in {format_duration(now - began)} "
+            f"(elapsed {format_duration(elapsed)}{eta})"
+        )
+        return result

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dkd_core.progress import ProgressLine, format_duration
+from dkd_core.progress import ProgressLine, RunSeries, format_duration
 
 
 class Clock:
@@ -70,3 +70,37 @@ def test_no_line_before_a_loss_is_logged_nor_when_disabled():
     for iteration in range(1, 11):
         quiet.update(iteration, {"total": 1.0})
     assert lines == []
+
+
+def test_a_series_of_runs_says_when_each_starts_and_finishes_and_what_is_left():
+    clock, lines = Clock(), []
+    series = RunSeries(3, clock=clock, emit=lines.append)
+
+    def train(seconds, result, *, extra=""):
+        clock.now += seconds
+        return result + extra
+
+    assert series.run("seed 1 step 0", train, 60, "a") == "a"
+    assert series.run("seed 1 DKD step 1", train, 120, "b", extra="!") == "b!"
+    clock.now += 5  # between runs: counted in the elapsed time, not in a run
+    series.run("seed 1 DKD step 2", train, 30, "c")
+    assert lines == [
+        "[1/3] seed 1 step 0: started (elapsed 0s)",
+        "[1/3] seed 1 step 0: done in 1m00s (elapsed 1m00s, ETA 2m00s)",
+        "[2/3] seed 1 DKD step 1: started (elapsed 1m00s)",
+        "[2/3] seed 1 DKD step 1: done in 2m00s (elapsed 3m00s, ETA 1m30s)",
+        "[3/3] seed 1 DKD step 2: started (elapsed 3m05s)",
+        "[3/3] seed 1 DKD step 2: done in 30s (elapsed 3m35s)",
+    ]
+
+
+def test_a_failing_run_is_not_counted_as_finished():
+    clock, lines = Clock(), []
+    series = RunSeries(2, clock=clock, emit=lines.append)
+
+    def fail():
+        raise RuntimeError("diverged")
+
+    with pytest.raises(RuntimeError, match="diverged"):
+        series.run("seed 2 step 0", fail)
+    assert lines == ["[1/2] seed 2 step 0: started (elapsed 0s)"] and series.finished == 0
