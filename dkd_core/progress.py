@@ -10,12 +10,20 @@ only on an iteration whose loss terms were just averaged over all processes (eve
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 log = logging.getLogger("dkd_core.progress")
 T = TypeVar("T")
+
+
+def bars_wanted(progress: bool) -> bool:
+    """Whether to draw tqdm bars (dataset sync, split building): only when `progress` is
+    on and stderr is a terminal. In a pod log or a pipe every refresh of a bar becomes a
+    line of its own."""
+    return progress and sys.stderr.isatty()
 
 
 def format_duration(seconds: float) -> str:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dkd_core.progress import ProgressLine, RunSeries, format_duration
+from dkd_core.progress import ProgressLine, RunSeries, bars_wanted, format_duration
 
 
 class Clock:
@@ -104,3 +104,16 @@ def test_a_failing_run_is_not_counted_as_finished():
     with pytest.raises(RuntimeError, match="diverged"):
         series.run("seed 2 step 0", fail)
     assert lines == ["[1/2] seed 2 step 0: started (elapsed 0s)"] and series.finished == 0
+
+
+@pytest.mark.parametrize(
+    ("terminal", "progress", "bars"),
+    [(True, True, True), (False, True, False), (True, False, False)],
+)
+def test_tqdm_bars_only_on_a_terminal(monkeypatch, terminal, progress, bars):
+    class Stderr:
+        def isatty(self):
+            return terminal
+
+    monkeypatch.setattr("sys.stderr", Stderr())
+    assert bars_wanted(progress) is bars
