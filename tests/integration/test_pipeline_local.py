@@ -21,6 +21,7 @@ FAST = [
     "data.num_workers=0",
     "model.aspp_channels=32",
     "train.metrics_port=-1",
+    "train.log_every=2",  # a logged loss on the progress lines of the short steps too
 ]
 
 
