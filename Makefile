@@ -57,11 +57,12 @@ given = $(if $(filter command line environment,$(origin $(1))),$($(1)))
 # The cluster image of compile/submit: only one the user named (make images push IMAGE=...).
 CLUSTER_IMAGE = $(call given,IMAGE)
 
-demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table
-	$(PY) -m pipelines demo
+demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table [VERBOSE=1]
+	$(PY) -m pipelines demo $(if $(VERBOSE),--verbose)
 
-run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012
-	$(PY) -m pipelines run $(PIPELINE) --data $(DATA) $(foreach p,$(PARAMS),--param '$(p)')
+run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012 [VERBOSE=1]
+	$(PY) -m pipelines run $(PIPELINE) --data $(DATA) $(foreach p,$(PARAMS),--param '$(p)') \
+		$(if $(VERBOSE),--verbose)
 
 compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob]
 	$(PY) -m pipelines compile $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \

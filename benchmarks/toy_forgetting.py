@@ -8,9 +8,10 @@ rate, pos_weight); they differ only in the loss terms:
     KD-only      mbce + ac + kd
     DKD          mbce + ac + kd + dkd_pos + dkd_neg
 
-Prints, after every step, mIoU of old classes (with background, as the
-reference reports), of new classes, of all, hIoU, and the base-class mean
-without background — the forgetting figure. Mean and spread over the seeds.
+Prints a line when each training run starts and finishes (elapsed time, ETA), then,
+for every step, mIoU of old classes (with background, as the reference reports), of
+new classes, of all, hIoU, and the base-class mean without background — the
+forgetting figure. Mean and spread over the seeds.
 
     python benchmarks/toy_forgetting.py [--seeds 1 2] [--data build/toy] [--json out.json]
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from dkd_core.checkpoint import read_meta
 from dkd_core.config import load_config, result_digest
 from dkd_core.data import make_toy_dataset
+from dkd_core.progress import RunSeries
 from dkd_core.step_data import task_of
 from dkd_core.train import train_step
 
@@ -64,6 +66,9 @@ def main() -> None:
         make_toy_dataset(data, classes=6, images=500, size=64, seed=0)
     results: dict[str, dict[int, list[dict]]] = {m: {} for m in METHODS}
     started = time.perf_counter()
+    steps = task_of(load_config(CONFIG, args.overrides)).num_steps
+    # Every seed trains step 0 once, then steps 1.. for each method: a line per run.
+    runs = RunSeries(len(args.seeds) * (1 + len(METHODS) * (steps - 1)))
     for seed in args.seeds:
         common = [f"data.root={data}", f"train.seed={seed}", "train.checkpoint_every=0"]
         common += ["train.progress=false"]
@@ -75,7 +80,7 @@ def main() -> None:
             CONFIG, [*common, f"run.output={args.output}/base-{result_digest(base)}"]
         )
         task = task_of(base)
-        step0 = train_step(base, 0)
+        step0 = runs.run(f"seed {seed} step 0 (shared)", train_step, base, 0)
         base_classes = task.classes_per_step[0]
         step0_figures = figures(read_meta(step0)["metrics"], base_classes)
         for method, loss_overrides in METHODS.items():
@@ -85,7 +90,8 @@ def main() -> None:
             rows = [step0_figures]
             teacher = step0
             for t in range(1, task.num_steps):
-                teacher = train_step(config, t, teacher=teacher)
+                label = f"seed {seed} {method} step {t}"
+                teacher = runs.run(label, train_step, config, t, teacher=teacher)
                 rows.append(figures(read_meta(teacher)["metrics"], base_classes))
             results[method][seed] = rows
             print(f"seed {seed} {method}: done ({time.perf_counter() - started:.0f} s)", flush=True)

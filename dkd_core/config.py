@@ -109,7 +109,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # iterations between periodic checkpoints; 0 = final only
     keep_checkpoints: int = 2  # periodic checkpoints kept on disk
     log_every: int = 20  # iterations between log lines
-    progress: bool = True  # progress bar on rank 0 (every 30 s when stderr is not a terminal)
+    progress: bool = True  # progress lines on rank 0: iteration/total, loss, speed, ETA
+    progress_seconds: float = 30.0  # at least this long between progress lines
     metrics_port: int | None = (
         None  # rank 0 serves /metrics here; None: $DKD_METRICS_PORT or 9400; -1: off
     )
@@ -222,7 +223,13 @@ _AT_LEAST: dict[str, float] = {
     "train.log_every": 1,
     "train.max_iterations": 1,
 }
-_ABOVE_ZERO = ("optim.lr", "optim.lr_incremental", "loss.pos_weight", "loss.pos_weight_incremental")
+_ABOVE_ZERO = (
+    "optim.lr",
+    "optim.lr_incremental",
+    "loss.pos_weight",
+    "loss.pos_weight_incremental",
+    "train.progress_seconds",
+)
 _BETWEEN: dict[str, tuple[float, float]] = {
     "optim.momentum": (0, 1),
     "optim.warmup_fraction": (0, 1),
@@ -320,8 +327,8 @@ def config_from_dict(
 # - data.eval_batch_size: evaluation runs in eval mode, images do not interact
 # - train.checkpoint_every, train.keep_checkpoints: a resumed run ends with the same
 #   weights as an uninterrupted one
-# - train.log_every, train.progress, train.metrics_port, train.metrics_address: logging
-#   and monitoring only
+# - train.log_every, train.progress, train.progress_seconds, train.metrics_port,
+#   train.metrics_address: logging and monitoring only
 RESULT_NEUTRAL_KEYS = frozenset(
     {
         "run.name",
@@ -334,6 +341,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "train.keep_checkpoints",
         "train.log_every",
         "train.progress",
+        "train.progress_seconds",
         "train.metrics_port",
         "train.metrics_address",
     }

@@ -33,6 +33,7 @@ from dkd_core.memory import (
     pseudo_label_sets,
     select,
 )
+from dkd_core.progress import bars_wanted
 from dkd_core.storage import is_remote, local_path, open_store, sync_dataset
 from dkd_core.tasks import Task, TaskStep, get_task
 
@@ -50,7 +51,9 @@ def dataset_layout(config: Config, info: distributed.DistInfo | None = None) -> 
     if is_remote(root):
         first = info is None or info.local_rank == 0
         if first:  # one download per node; the node's other processes then find it done
-            local = sync_dataset(root, cache_dir("datasets"), progress=config.train.progress)
+            local = sync_dataset(
+                root, cache_dir("datasets"), progress=bars_wanted(config.train.progress)
+            )
         distributed.barrier()
         if not first:
             local = sync_dataset(root, cache_dir("datasets"), progress=False)
@@ -192,7 +195,7 @@ def run_manifest(
         [s.id for s in val],
         [s.label for s in val],
         num_workers=config.data.split_workers,
-        progress=config.train.progress,
+        progress=bars_wanted(config.train.progress),
         cache_path=local,
         train_image_paths=[s.image for s in train],
         val_image_paths=[s.image for s in val],

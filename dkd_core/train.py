@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
 from dkd_core.metrics import TrainingMetrics, metrics_port, resolve_run_id
 from dkd_core.model import DeepLabV3, predict_from_logits
+from dkd_core.progress import ProgressLine
 from dkd_core.resume import StepProgress, TrainingInterrupted, plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
 from dkd_core.storage import (
@@ -254,8 +254,6 @@ def _train_step(
     metrics,
     restart: bool = False,
 ) -> str:
-    from tqdm import tqdm
-
     plan = distributed.on_main(
         info, lambda: plan_step(config, step.index, where, restart, teacher_uri)
     )
@@ -329,9 +327,9 @@ def _train_step(
         "teacher": teacher_identity(teacher_uri),  # None at step 0
     }
     net.train()
-    progress = tqdm(
-        total=stop, initial=start, desc=f"step {step.index}", disable=not (info.is_main and config.train.progress),
-        unit="it", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 30,
+    progress = ProgressLine(
+        f"step {step.index}", stop, start, config.train.progress_seconds,
+        enabled=info.is_main and config.train.progress,
     )  # fmt: skip
     iteration = start
     while iteration < stop:
@@ -360,11 +358,11 @@ def _train_step(
             scheduler.step()
             iteration += 1
             _progress.iteration = iteration
-            progress.update(1)
             averaged = None
             if iteration % config.train.log_every == 0:
-                averaged = _log_iteration(train_log, iteration, terms, scheduler, progress, info)
+                averaged = _log_iteration(train_log, iteration, terms, scheduler, info)
                 metrics.observe_gpu_memory()
+            progress.update(iteration, averaged)
             metrics.observe_iteration(
                 iteration=iteration, epoch=epoch, samples=config.data.batch_size,
                 learning_rates={g["name"]: g["lr"] for g in optimizer.param_groups},
@@ -380,7 +378,6 @@ def _train_step(
             tick = time.perf_counter()  # after the save: the next data wait is the loader's alone
             if iteration >= stop:
                 break
-    progress.close()
 
     _check_replicas_agree(model, info)
     report = evaluate_model(model, test_loader, step, info.device)
@@ -471,16 +468,13 @@ def _logged_iteration(line: str) -> int | None:
     return iteration if isinstance(iteration, int) else None
 
 
-def _log_iteration(
-    train_log: TrainLog, iteration, terms, scheduler, progress, info
-) -> dict[str, float]:
-    """Loss terms averaged over all processes, to the progress bar and the train log; returned."""
+def _log_iteration(train_log: TrainLog, iteration, terms, scheduler, info) -> dict[str, float]:
+    """Loss terms averaged over all processes, to the train log; returned."""
     names = list(terms)
     values = distributed.all_reduce_mean(torch.stack([terms[k].detach().float() for k in names]))
     record = {"iteration": iteration, "lr": scheduler.get_last_lr()[0]}
     record.update({k: v for k, v in zip(names, values.tolist(), strict=True)})
     if info.is_main:
-        progress.set_postfix({k: f"{record[k]:.4f}" for k in names}, refresh=False)
         train_log.append(record)
     return {k: record[k] for k in names}
 

@@ -7,13 +7,15 @@ Artifact URIs are then local paths under `<output>/kfp/`, so nothing needs S3.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
+import subprocess
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,10 @@ from pipelines.params import parse_params
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"^Executing task '([^']+)'")
 _FINISHED = re.compile(r"^Task '([^']+)' finished with status (\w+)")
+# kfp.local's records about a task's inputs and outputs (a dump of its artifacts).
+_KFP_LOCAL_NOISE = re.compile(r"^(Streamed logs:|Task '[^']+' (outputs:|has no outputs))")
+#: The prefix of the lines the KFP executor (`kfp.dsl.executor_main`) logs in a task.
+EXECUTOR_PREFIX = "[KFP Executor "
 
 
 class TaskClock(logging.Filter):
@@ -60,6 +66,85 @@ class TaskClock(logging.Filter):
         logging.getLogger().removeFilter(self)
 
 
+class ExecutorLines:
+    """Tells the KFP executor's own lines in a task's output from the component's: its
+    log lines (`EXECUTOR_PREFIX`) and the JSON dump of the executor input that follows
+    `Got executor_input:` (about 100 lines per task, the same parameters every time)."""
+
+    def __init__(self) -> None:
+        self._in_dump = False
+
+    def is_executor(self, line: str) -> bool:
+        """Whether `line` (the next line of the output) is the executor's."""
+        if self._in_dump:
+            self._in_dump = line.rstrip("\n") != "}"  # json.dumps(indent=4) closes at column 0
+            return True
+        if line.startswith(EXECUTOR_PREFIX):
+            self._in_dump = line.rstrip().endswith("Got executor_input:")
+            return True
+        return False
+
+
+def _run_task_quietly(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+    """kfp.local's `run_local_subprocess` (same command, environment and merged
+    stdout/stderr), showing the component's lines as they come and the KFP executor's
+    only when the task fails: then its whole output is printed again, executor input
+    included, so the failure can be read in full."""
+    import os
+
+    env = {**os.environ, **env_vars} if env_vars else None
+    output: list[str] = []
+    executor = ExecutorLines()
+    with subprocess.Popen(
+        full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env=env,
+    ) as process:  # fmt: skip
+        assert process.stdout is not None
+        for line in iter(process.stdout.readline, ""):
+            output.append(line)
+            if not executor.is_executor(line):
+                print(line, end="", flush=True)
+        code = process.wait()
+    if code != 0:
+        print(f"--- the task failed (exit code {code}); its whole output: ---")
+        for line in output:
+            print(line, end="")
+        print("--- end of the failed task's output ---", flush=True)
+    return code
+
+
+class _HideKfpLocalNoise(logging.Filter):
+    """Drops kfp.local's per-task input/output dumps from the root logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return not _KFP_LOCAL_NOISE.match(_ANSI.sub("", record.getMessage()))
+        except Exception:  # a record we cannot format is not ours
+            return True
+
+
+@contextlib.contextmanager
+def quiet_tasks(verbose: bool) -> Iterator[None]:
+    """Unless `verbose`, show what the tasks print and when they start and finish, not
+    the KFP executor's logs nor kfp.local's artifact dumps (a failing task still shows
+    all of its output). kfp.local (2.17) has no option for this: its SubprocessRunner
+    prints every line of `run_local_subprocess`, which is swapped for the duration."""
+    if verbose:
+        yield
+        return
+    from kfp.local import subprocess_task_handler
+
+    original = subprocess_task_handler.run_local_subprocess
+    hide = _HideKfpLocalNoise()
+    subprocess_task_handler.run_local_subprocess = _run_task_quietly
+    logging.getLogger().addFilter(hide)
+    try:
+        yield
+    finally:
+        subprocess_task_handler.run_local_subprocess = original
+        logging.getLogger().removeFilter(hide)
+
+
 @dataclass
 class LocalRun:
     """What a local run produced."""
@@ -85,13 +170,15 @@ def run_local(
     output: str | Path,
     params: Sequence[str] | Mapping[str, Any] = (),
     overrides: Sequence[str] = (),
+    verbose: bool = False,
 ) -> LocalRun:
     """Run the pipeline of `config_path` with `kfp.local` on the dataset at `data`.
 
     `params` are pipeline parameters (`key=value` strings or a mapping; see
     `python -m pipelines run --help`), `overrides` config overrides appended to
-    the `overrides` parameter. Raises `DKDError` when the data is missing or a
-    task fails.
+    the `overrides` parameter. The KFP executor's logs are shown only when
+    `verbose` or when a task fails (`quiet_tasks`). Raises `DKDError` when the data
+    is missing or a task fails.
     """
     from kfp import local
 
@@ -110,7 +197,7 @@ def run_local(
     load_config(config_path, arguments.get("overrides", []))  # a typo fails here, not in a task
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
     started = time.perf_counter()
-    with TaskClock() as clock, warnings.catch_warnings():
+    with TaskClock() as clock, quiet_tasks(verbose), warnings.catch_warnings():
         # The components name the dkd image; here they run in this environment, on purpose.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
         try:

@@ -1,11 +1,14 @@
 """The toy pipeline end to end under kfp.local: split, three steps trained and evaluated, report."""
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
 
+from dkd_core.errors import DKDError
 from pipelines import config_path
 from pipelines.local import format_run, run_local
 
@@ -18,7 +21,7 @@ FAST = [
     "data.num_workers=0",
     "model.aspp_channels=32",
     "train.metrics_port=-1",
-    "train.progress=false",
+    "train.log_every=2",  # a logged loss on the progress lines of the short steps too
 ]
 
 
@@ -27,14 +30,17 @@ def toy_run(toy_root, tmp_path_factory):
     output = tmp_path_factory.mktemp("pipeline")
     mp = pytest.MonkeyPatch()
     mp.setenv("DKD_CACHE", str(output / "cache"))  # the task processes inherit it
+    printed = io.StringIO()  # what the run prints (kfp.local writes to sys.stdout)
     try:
-        yield run_local(config_path("toy"), toy_root, output, ["epochs=2"], FAST), output
+        with contextlib.redirect_stdout(printed):
+            run = run_local(config_path("toy"), toy_root, output, ["epochs=2"], FAST)
+        yield run, output, printed.getvalue()
     finally:
         mp.undo()
 
 
 def test_every_step_leaves_a_complete_checkpoint(toy_run):
-    run, output = toy_run
+    run, output, _ = toy_run
     history = json.loads((run.report_dir / "history.json").read_text())
     assert [s["step"] for s in history] == [0, 1, 2]
     models = [Path(s["checkpoint"]) for s in history]
@@ -51,7 +57,7 @@ def test_every_step_leaves_a_complete_checkpoint(toy_run):
 
 
 def test_metrics_are_sane(toy_run):
-    run, _ = toy_run
+    run, _, _ = toy_run
     assert [r["step"] for r in run.steps] == [0, 1, 2]
     for r in run.steps:
         for key in ("old", "all"):
@@ -64,7 +70,7 @@ def test_metrics_are_sane(toy_run):
 
 
 def test_report_files_embed_the_plots(toy_run):
-    run, _ = toy_run
+    run, _, _ = toy_run
     html = run.html.read_text()
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 2
     assert run.markdown.read_text().startswith("# DKD toy 4-1")
@@ -74,9 +80,37 @@ def test_report_files_embed_the_plots(toy_run):
 
 
 def test_run_summary_lists_steps_and_task_times(toy_run):
-    run, _ = toy_run
+    run, _, _ = toy_run
     assert {"split-data", "train-step", "train-step-3", "evaluate-3", "report"} <= set(
         run.task_seconds
     )
     text = format_run(run)
     assert "step    old    new    all   hIoU" in text and str(run.html) in text
+
+
+def test_the_run_shows_progress_lines_not_the_executors_logs(toy_run):
+    _, _, printed = toy_run
+    for step in (0, 1, 2):
+        assert re.search(rf"step {step}: iteration \d+/\d+ \(\d+%\), loss \d", printed)
+        assert re.search(rf"step {step}: iteration (\d+)/\1 \(100%\), .*done in ", printed)
+    assert "Executing task" in printed and "finished with status" in printed
+    assert "step 0: " in printed and " train images, " in printed  # what split-data prints
+    # Neither the KFP executor's logs, its input's JSON, kfp.local's artifact dumps, nor
+    # the refreshes of tqdm bars (the tasks' stderr is a pipe, not a terminal).
+    noises = ("[KFP Executor", "executor_input", '"parameterValues"', "outputs:", "uri='")
+    for noise in (*noises, "class presence", "label checksums", "it/s]"):
+        assert noise not in printed
+    assert len(printed.splitlines()) < 150
+
+
+def test_a_failing_task_shows_its_whole_output(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DKDError, match="local pipeline run failed"):
+        run_local(config_path("toy"), empty, tmp_path / "out", ["epochs=1"], FAST)
+    printed = capsys.readouterr().out
+    assert "--- the task failed (exit code 1); its whole output: ---" in printed
+    failed = printed.split("its whole output: ---", 1)[1]
+    assert "[KFP Executor" in failed and "Got executor_input:" in failed
+    error = "cannot detect the dataset format"  # the component's error, shown as it came
+    assert error in printed.split("--- the task failed", 1)[0] and error in failed

@@ -1,7 +1,9 @@
 """Training steps end to end on the toy dataset (tiny backbone, 64 px, CPU)."""
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,9 +23,20 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
 
 
-def test_base_step_then_incremental_step(toy_root, tmp_path):
+def test_base_step_then_incremental_step(toy_root, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dkd_core.progress")
     config = toy_config(toy_root, tmp_path / "run")
     step0 = train_step(config, 0)
+    # Progress lines: the first logged iteration (log_every 10) and the last, loss and ETA.
+    lines = [r.getMessage() for r in caplog.records if r.name == "dkd_core.progress"]
+    assert re.fullmatch(
+        r"step 0: iteration 10/(\d+) \(\d+%\), loss \d+\.\d{4}, .* it/s, ETA .+", lines[0]
+    )
+    total = int(re.search(r"/(\d+) ", lines[0]).group(1))
+    assert re.fullmatch(
+        rf"step 0: iteration {total}/{total} \(100%\), loss \d+\.\d{{4}}, .* it/s, done in .+",
+        lines[-1],
+    )
     model0, meta0 = load_model_checkpoint(step0)
     assert model0.classes_per_step == (4,)
     assert meta0["step"] == 0 and meta0["config"]["data"]["root"] == str(toy_root)

@@ -92,7 +92,8 @@ def test_result_differences_list_result_keys_old_to_new_and_ignore_neutral_ones(
 
     stored = config_to_dict(load_config(None, ["optim.lr=0.01"]))
     neutral = ["train.log_every=3", "train.progress=false", "train.metrics_port=-1",
-               "data.num_workers=0", "run.output=elsewhere", "train.checkpoint_every=7"]  # fmt: skip
+               "data.num_workers=0", "run.output=elsewhere", "train.checkpoint_every=7",
+               "train.progress_seconds=2.5"]  # fmt: skip
     assert result_differences(stored, load_config(None, ["optim.lr=0.01", *neutral]), "m") == []
     changed = load_config(None, ["optim.lr=0.02", "train.amp=false", *neutral])
     assert result_differences(stored, changed, "m") == [

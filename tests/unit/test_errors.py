@@ -39,6 +39,7 @@ def edit_meta(folder, edit) -> None:
         ("train.metrics_port=70000", "'train.metrics_port': expected a number in -1..65535"),
         ("train.metrics_port=-2", "'train.metrics_port': expected a number in -1..65535"),
         ("optim.lr=0", "'optim.lr': expected a number > 0, got 0.0"),
+        ("train.progress_seconds=0", "'train.progress_seconds': expected a number > 0, got 0.0"),
         ("optim.momentum=1.5", "'optim.momentum': expected a number in 0..1, got 1.5"),
         ("task.setting=overlapped", "'task.setting': expected one of 'overlap', 'disjoint'"),
         ("model.output_stride=32", "'model.output_stride': expected one of 8, 16, got 32"),
