@@ -41,7 +41,11 @@ class DataConfig:
     root: str = "data/VOC2012"  # dataset URI
     format: str | None = None  # voc | ade | palette; detected when None
     crop_size: int = 512
-    batch_size: int = 32  # global, over all processes
+    batch_size: int = 32  # global, over all processes and micro-batches: one optimizer step
+    # Images per process per forward/backward; None or 0: batch_size / processes (no
+    # gradient accumulation). Else batch_size / (processes x micro_batch_size) micro-batches
+    # are accumulated per step (`batching`), so any GPU count trains the same global batch.
+    micro_batch_size: int | None = None
     eval_batch_size: int = 1  # per process
     num_workers: int = 4
     whole_image_eval: bool = False  # the reference evaluates a 512 centre crop (docs/method.md §2)
@@ -103,7 +107,10 @@ class LossConfig(LossWeights):
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 1
-    amp: bool = True  # bf16 autocast on CUDA; CPU always trains in fp32
+    amp: bool = True  # autocast on CUDA (in amp_dtype); CPU always trains in fp32
+    # bf16: autocast alone (fp32's exponent range, no loss scaling). fp16: as the authors'
+    # code, autocast with a GradScaler whose state is saved in periodic checkpoints.
+    amp_dtype: str = "bf16"
     channels_last: bool = False
     freeze_bn_incremental: bool = True  # docs/method.md §5
     checkpoint_every: int = 500  # iterations between periodic checkpoints; 0 = final only
@@ -205,6 +212,7 @@ _AT_LEAST: dict[str, float] = {
     "data.crop_size": 1,
     "data.batch_size": 1,
     "data.eval_batch_size": 1,
+    "data.micro_batch_size": 0,
     "data.num_workers": 0,
     "data.split_workers": 0,
     "data.memory_size": 0,
@@ -241,6 +249,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "data.format": ("voc", "ade", "palette"),
     "model.output_stride": (8, 16),
     "optim.schedule": ("poly", "warmup_poly"),
+    "train.amp_dtype": ("bf16", "fp16"),
 }
 
 
@@ -329,6 +338,10 @@ def config_from_dict(
 #   weights as an uninterrupted one
 # - train.log_every, train.progress, train.progress_seconds, train.metrics_port,
 #   train.metrics_address: logging and monitoring only
+# Not neutral, though it may look so: data.micro_batch_size. From step 1 on BN is frozen
+# and accumulation gives the full batch's gradient, but only up to float summation order
+# (a resume would not be bit-exact), and at step 0 BN normalises each micro-batch with
+# its own statistics (per process without SyncBN), which changes the weights.
 RESULT_NEUTRAL_KEYS = frozenset(
     {
         "run.name",

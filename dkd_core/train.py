@@ -18,12 +18,14 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from dkd_core import distributed
+from dkd_core.batching import grouped, plan_batches
 from dkd_core.checkpoint import (
     META_FILE,
     load_training_tensors,
@@ -39,6 +41,12 @@ from dkd_core.locations import StepLocations, cache_dir
 from dkd_core.losses import dkd_losses
 from dkd_core.metrics import TrainingMetrics, metrics_port, resolve_run_id
 from dkd_core.model import DeepLabV3, predict_from_logits
+from dkd_core.precision import (
+    autocast_dtype,
+    make_grad_scaler,
+    restore_scaler,
+    scaler_state_to_json,
+)
 from dkd_core.progress import ProgressLine
 from dkd_core.resume import StepProgress, TrainingInterrupted, plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
@@ -117,10 +125,12 @@ def _training_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tenso
     return tensors
 
 
-def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
-    """Optimizer momentum, schedule and RNG of a periodic checkpoint; returns its iteration."""
+def _restore_training_state(
+    directory: Path, meta: dict, optimizer, scheduler, scaler, device
+) -> int:
+    """Optimizer momentum, schedule, loss scale and RNG of a periodic checkpoint; its iteration."""
     try:
-        return _restore(directory, meta, optimizer, scheduler, device)
+        iteration = _restore(directory, meta, optimizer, scheduler, device)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
         if isinstance(e, DKDError):
             raise
@@ -128,6 +138,10 @@ def _restore_training_state(directory: Path, meta: dict, optimizer, scheduler, d
             f"{directory}/meta.json: the training state does not fit this step's optimizer "
             f"({type(e).__name__}: {e}); delete the periodic checkpoint or pass --restart"
         ) from None
+    # Checkpoints written before fp16 existed have no scaler state: a fresh scaler.
+    scaler_state = meta["training"].get("grad_scaler", {})
+    restore_scaler(scaler, scaler_state, f"{directory}/meta.json: training.grad_scaler")
+    return iteration
 
 
 def _restore(directory: Path, meta: dict, optimizer, scheduler, device) -> int:
@@ -263,12 +277,7 @@ def _train_step(
         return where.checkpoint
 
     torch.manual_seed(config.train.seed)
-    if config.data.batch_size % info.world_size:
-        raise DKDError(
-            f"data.batch_size {config.data.batch_size} is not divisible by the "
-            f"{info.world_size} processes"
-        )
-    per_rank_batch = config.data.batch_size // info.world_size
+    batches = plan_batches(config.data.batch_size, info.world_size, config.data.micro_batch_size)
     data = step_data(config, step, where.manifest, info)
     model, teacher = build_student_and_teacher(config, step, teacher_uri)
     train_set = data.train
@@ -278,8 +287,8 @@ def _train_step(
             config, step, train_set.samples + [data.train_samples[i] for i in memory]
         )
     loader, sampler = train_loader(
-        train_set, per_rank_batch, info.rank, info.world_size, config.train.seed,
-        config.data.num_workers,
+        train_set, batches.per_process, info.rank, info.world_size, config.train.seed,
+        config.data.num_workers, micro_batch_size=batches.micro_batch,
     )  # fmt: skip
     test_loader = eval_loader(
         data.test, config.data.eval_batch_size, info.rank, info.world_size, config.data.num_workers
@@ -297,6 +306,8 @@ def _train_step(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda it: lr_factor(config, it, max_iterations)
     )
+    use_amp = config.train.amp and info.device.type == "cuda"
+    scaler = make_grad_scaler(use_amp, config.train.amp_dtype)
     start = 0
     train_log = TrainLog(where.train_log, enabled=info.is_main)
     resume_uri = plan.resume_from
@@ -304,7 +315,7 @@ def _train_step(
     if resume_uri is not None:  # all processes read it; the newest complete one, verified
         resumed, meta, local = open_model_checkpoint(resume_uri, cache_dir("checkpoints"))
         model.load_state_dict(resumed.state_dict())
-        start = _restore_training_state(local, meta, optimizer, scheduler, info.device)
+        start = _restore_training_state(local, meta, optimizer, scheduler, scaler, info.device)
         if info.is_main:
             log.info("resumed step %d from %s (iteration %d)", step.index, resume_uri, start)
     train_log.truncate(start)  # records of an interrupted attempt past the resumed iteration
@@ -317,7 +328,11 @@ def _train_step(
     _progress.iteration, _progress.stop = start, stop
     metrics.delete_pushed()  # what an earlier attempt of this step left in the Pushgateway
     metrics.set_plan(stop)
-    use_amp = config.train.amp and info.device.type == "cuda"
+    amp_dtype = autocast_dtype(config.train.amp_dtype)
+    # DDP all-reduces gradients in the backward; only the last micro-batch's must.
+    deferred_sync = (
+        net.no_sync if isinstance(net, torch.nn.parallel.DistributedDataParallel) else nullcontext
+    )
     base_meta = {
         "task": {"dataset": task.dataset, "name": task.name, "setting": task.setting},
         "step": step.index,
@@ -337,24 +352,23 @@ def _train_step(
         sampler.set_epoch(epoch, offset)
         train_set.set_epoch(epoch)
         tick = time.perf_counter()
-        for batch in loader:
+        for micro_batches in grouped(loader, batches.accumulation_steps):
             started = time.perf_counter()
             data_wait = started - tick
-            images = normalize(batch["image"].to(info.device, non_blocking=True))
-            labels = batch["label"].to(info.device, non_blocking=True).long()
-            if config.train.channels_last and info.device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(info.device.type, torch.bfloat16, enabled=use_amp):
-                outputs = net(images, decompose=teacher is not None)
-                teacher_outputs = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_outputs = teacher(images, decompose=True)
-                terms = dkd_losses(outputs, teacher_outputs, labels, step, weights)
-            _check_finite(terms, iteration, step, info)
             optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
+            terms: dict[str, torch.Tensor] = {}
+            for index, batch in enumerate(micro_batches):
+                last = index == len(micro_batches) - 1
+                with nullcontext() if last else deferred_sync():
+                    micro_terms = _forward_backward(
+                        net, teacher, batch, step, weights, info, config, use_amp, amp_dtype,
+                        scaler, batches.accumulation_steps,
+                    )  # fmt: skip
+                for name, value in micro_terms.items():  # the full batch's mean: equal sizes
+                    terms[name] = terms.get(name, 0) + value / batches.accumulation_steps
+            _check_finite(terms, iteration, step, info)
+            scaler.step(optimizer)  # a disabled scaler just steps
+            scaler.update()
             scheduler.step()
             iteration += 1
             _progress.iteration = iteration
@@ -372,8 +386,9 @@ def _train_step(
             every = config.train.checkpoint_every
             if every and iteration % every == 0 and iteration < stop:
                 _progress.checkpoint = _save_periodic(
-                    where, model, optimizer, scheduler, iteration, base_meta, info, metrics
-                )
+                    where, model, optimizer, scheduler, scaler, iteration, base_meta, info,
+                    metrics,
+                )  # fmt: skip
                 train_log.publish()
             tick = time.perf_counter()  # after the save: the next data wait is the loader's alone
             if iteration >= stop:
@@ -405,6 +420,27 @@ def _train_step(
     distributed.barrier()
     metrics.wait_for_scrape()  # Prometheus reads the final figures before the pod goes
     return where.checkpoint
+
+
+def _forward_backward(
+    net, teacher, batch, step, weights, info, config, use_amp, amp_dtype, scaler, steps
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: forward, the loss terms (detached, returned), backward of total / steps."""
+    images = normalize(batch["image"].to(info.device, non_blocking=True))  # [n, 3, S, S]
+    labels = batch["label"].to(info.device, non_blocking=True).long()  # [n, S, S]
+    if config.train.channels_last and info.device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(info.device.type, amp_dtype, enabled=use_amp):
+        outputs = net(images, decompose=teacher is not None)
+        teacher_outputs = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_outputs = teacher(images, decompose=True)
+        terms = dkd_losses(outputs, teacher_outputs, labels, step, weights)
+    # Each term is a mean over this micro-batch; / steps makes the sum of the
+    # micro-batches' gradients the full batch's (`batching`).
+    scaler.scale(terms["total"] / steps).backward()
+    return {name: value.detach() for name, value in terms.items()}
 
 
 def _check_finite(terms: dict[str, torch.Tensor], iteration: int, step: TaskStep, info) -> None:
@@ -498,8 +534,9 @@ def _check_replicas_agree(model: torch.nn.Module, info) -> None:
 
 
 def _save_periodic(
-    where: StepLocations, model, optimizer, scheduler, iteration, base_meta, info, metrics
-) -> str:
+    where: StepLocations, model, optimizer, scheduler, scaler, iteration, base_meta, info,
+    metrics,
+) -> str:  # fmt: skip
     """A checkpoint with training state under `<step>/periodic/`; older ones beyond
     `train.keep_checkpoints` are deleted (resume picks by iteration, not by name)."""
     uri = join(where.periodic, f"iter_{iteration:08d}")
@@ -511,6 +548,7 @@ def _save_periodic(
                 "iteration": iteration,
                 "scheduler": scheduler.state_dict(),  # lr_lambdas are [None, ...] for functions
                 "param_groups": optimizer.state_dict()["param_groups"],
+                "grad_scaler": scaler_state_to_json(scaler.state_dict()),  # {} unless fp16
             },
         }
         size = publish_model_checkpoint(

@@ -131,8 +131,13 @@ class ResumableSampler(Sampler[int]):
 
     The order depends only on (seed, epoch), so a resumed run sees the same
     batches as an uninterrupted one; `set_epoch(epoch, start_batch)` skips
-    batches without loading them. Each rank takes every world_size-th index of
-    the shuffle (as DistributedSampler does), truncated to whole global batches.
+    batches without loading them. `batch_size` is this rank's images per
+    optimizer step. Global batch b of an epoch is the shuffle's slice
+    [b·G, (b+1)·G), G = batch_size · world_size, and each rank takes every
+    world_size-th index of it (as DistributedSampler does), in order: so
+    which images make up step b depends on G alone, not on how they are split
+    over processes, or over micro-batches within a rank (the loader cuts this
+    rank's share into consecutive micro-batches; `batching`).
     """
 
     def __init__(self, size: int, batch_size: int, rank: int, world_size: int, seed: int):
@@ -152,7 +157,10 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=g)
-        used = self.batches_per_epoch * self.batch_size * self.world_size
+        global_batch = self.batch_size * self.world_size
+        used = self.batches_per_epoch * global_batch
+        # order[rank::world_size] over whole global batches: its b-th run of batch_size
+        # indices lies in global batch b's slice.
         mine = order[:used][self.rank :: self.world_size]
         return iter(mine[self.start_batch * self.batch_size :].tolist())
 
@@ -183,11 +191,18 @@ def make_loader(
 
 def train_loader(
     dataset: SegmentationDataset, batch_size: int, rank: int, world_size: int, seed: int,
-    num_workers: int,
+    num_workers: int, micro_batch_size: int | None = None,
 ) -> tuple[DataLoader, ResumableSampler]:  # fmt: skip
-    """Shuffled, whole batches; call `sampler.set_epoch` and `dataset.set_epoch` per epoch."""
+    """Shuffled, whole batches; call `sampler.set_epoch` and `dataset.set_epoch` per epoch.
+
+    `batch_size` is this rank's images per optimizer step; the loader yields them in
+    `micro_batch_size` pieces (all of them at once when None), which must divide it.
+    """
+    micro = micro_batch_size or batch_size
+    if batch_size % micro:
+        raise DKDError(f"micro-batch {micro} does not divide the per-process batch {batch_size}")
     sampler = ResumableSampler(len(dataset), batch_size, rank, world_size, seed)
-    return make_loader(dataset, batch_size, sampler, num_workers, drop_last=True), sampler
+    return make_loader(dataset, micro, sampler, num_workers, drop_last=True), sampler
 
 
 def eval_loader(

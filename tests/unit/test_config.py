@@ -128,3 +128,27 @@ def test_train_has_a_restart_flag():
     args = build_parser().parse_args(["train", "--config", "c.yaml", "--step", "1", "--restart"])
     assert args.restart is True
     assert build_parser().parse_args(["train", "--config", "c", "--step", "1"]).restart is False
+
+
+def test_micro_batch_size_and_amp_dtype_are_checked_at_load():
+    assert load_config(None).data.micro_batch_size is None
+    assert load_config(None).train.amp_dtype == "bf16"
+    config = load_config(None, ["data.micro_batch_size=4", "train.amp_dtype=fp16"])
+    assert (config.data.micro_batch_size, config.train.amp_dtype) == (4, "fp16")
+    with pytest.raises(DKDError, match=r"'data\.micro_batch_size': expected a number >= 0, got -1"):
+        load_config(None, ["data.micro_batch_size=-1"])
+    with pytest.raises(
+        DKDError, match=r"'train\.amp_dtype': expected one of 'bf16', 'fp16', got 'fp8'"
+    ):
+        load_config(None, ["train.amp_dtype=fp8"])
+
+
+def test_micro_batch_size_and_amp_dtype_change_the_result():
+    from dkd_core.config import config_to_dict, result_differences
+
+    stored = config_to_dict(load_config(None))
+    changed = load_config(None, ["data.micro_batch_size=8", "train.amp_dtype=fp16"])
+    assert result_differences(stored, changed, "m") == [
+        "data.micro_batch_size None -> 8",
+        "train.amp_dtype 'bf16' -> 'fp16'",
+    ]
