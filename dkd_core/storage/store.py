@@ -150,24 +150,10 @@ def atomic_path(path: Path, fsync: bool = True) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_output(path: Path, fsync: bool = True) -> Iterator[IO[bytes]]:
-    """Yield a temporary file next to `path` that replaces `path` once the block succeeds.
-
-    On any error the temporary file is removed and `path` is untouched; the
-    result has the mode the umask gives new files.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Yield a temporary file next to `path` that replaces `path` once the block succeeds
+    (`atomic_path`, opened for writing)."""
+    with atomic_path(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def copy_stream(
