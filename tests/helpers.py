@@ -36,3 +36,24 @@ def synthetic_weights(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str
             scale = 0.2 if last_in_branch else 1.0
             out[key] = scale * (0.75 + 0.5 * torch.rand(shape, generator=g))
     return out
+
+
+#: Gradients up to this many values are stored whole in the golden file; larger ones
+#: as `gradient_summary` (keeps the file small: the three largest hold 2.2M values).
+WHOLE_GRADIENT_MAX = 65_536
+GRADIENT_HEAD = 4_096
+
+
+def gradient_summary(grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the golden file stores of a large gradient, so that every value counts.
+
+    `head`: the first values exactly; `row_sum` / `row_norm`: the sum and L2 norm of
+    each output channel (dim 0) over all its values; `absmax`: the largest magnitude.
+    """
+    rows = grad.detach().double().flatten(1)  # [out_channels, values per channel]
+    return {
+        "head": grad.detach().flatten()[:GRADIENT_HEAD].contiguous(),
+        "row_sum": rows.sum(1).float(),
+        "row_norm": rows.norm(dim=1).float(),
+        "absmax": grad.detach().abs().max().reshape(1),
+    }

@@ -3,7 +3,8 @@
 Runs the authors' model and loss code (a checkout of github cvlab-yonsei/DKD,
 GPL-3.0, which this repository does not contain) on the stored weights and
 inputs, exactly as tests/golden/README.md describes, and rewrites every
-`grad.<key>` tensor with the full gradient of that parameter. The other
+`grad.<key>` tensor with the full gradient of that parameter (a
+`tests.helpers.gradient_summary` of it above WHOLE_GRADIENT_MAX values). The other
 stored tensors are compared with the fresh run and left as they are.
 
     python tools/golden_gradients.py /path/to/DKD   # the authors' checkout
@@ -23,7 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 sys.path.insert(0, str(REPO))
 
-from tests.helpers import synthetic_weights  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    WHOLE_GRADIENT_MAX,
+    gradient_summary,
+    synthetic_weights,
+)
 
 
 def _authors_modules(checkout: Path):
@@ -89,15 +94,15 @@ def main(checkout: Path) -> None:
     params = dict(student.named_parameters())
     for key in meta["grad_keys"]:
         grad = params[key].grad.detach().clone()
-        old = tensors["grad." + key]
-        # Equal up to the order of float sums (thread counts differ between machines).
-        scale = old.abs().max().item()
-        torch.testing.assert_close(
-            grad.flatten()[: old.numel()], old.flatten(), atol=1e-6 * scale, rtol=0, msg=key
-        )
-        tensors["grad." + key] = grad.contiguous()
+        for name in [n for n in tensors if n == f"grad.{key}" or n.startswith(f"grad.{key}.")]:
+            del tensors[name]
+        if grad.numel() <= WHOLE_GRADIENT_MAX:
+            tensors["grad." + key] = grad.contiguous()
+        else:  # a summary that still depends on every value (tests/helpers.py)
+            for part, value in gradient_summary(grad).items():
+                tensors[f"grad.{key}.{part}"] = value
     save_file(tensors, str(GOLDEN / "reference_outputs.safetensors"))
-    print(f"wrote whole gradients of {len(meta['grad_keys'])} parameters")
+    print(f"wrote the gradients of {len(meta['grad_keys'])} parameters")
 
 
 if __name__ == "__main__":

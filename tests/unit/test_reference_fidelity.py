@@ -17,7 +17,7 @@ from dkd_core.evaluate import SegmentationMetrics
 from dkd_core.losses import LossWeights, dkd_losses
 from dkd_core.model import predict_from_logits
 from dkd_core.tasks import get_task
-from tests.helpers import synthetic_weights
+from tests.helpers import gradient_summary, synthetic_weights
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 OUTPUT_ATOL = 2e-5  # logits and decomposed terms, absolute (values up to about 13)
@@ -84,11 +84,29 @@ def test_loss_terms_match_the_authors(golden, run):
 def test_gradients_match_the_authors(golden, run):
     meta, tensors = golden
     params = dict(run[0].named_parameters())
+    summarised = 0
     for key in meta["grad_keys"]:
-        expected = tensors["grad." + key]
         grad = params[reference_key_to_ours(key)].grad
-        assert grad.shape == expected.shape, key  # the whole tensor, every value
-        assert_close(grad, expected, atol=GRAD_TOL * expected.abs().max().item(), rtol=0, msg=key)
+        assert grad.shape == tuple(meta["student_keys"][key]), key
+        if "grad." + key in tensors:  # stored whole: every value
+            expected = tensors["grad." + key]
+            atol = GRAD_TOL * expected.abs().max().item()
+            assert_close(grad, expected, atol=atol, rtol=0, msg=key)
+            continue
+        # Stored as a summary (tests/helpers.gradient_summary): the first values exactly,
+        # and per output channel the sum and norm over all its values. A difference of
+        # `atol` in each of a channel's n values moves these by up to sqrt(n) * atol for
+        # noise-like differences; the measured ones are ten times below that.
+        summarised += 1
+        expected = {part: tensors[f"grad.{key}.{part}"] for part in gradient_summary(grad)}
+        ours = gradient_summary(grad)
+        atol = GRAD_TOL * expected["absmax"].item()
+        channel_atol = atol * grad[0].numel() ** 0.5
+        assert_close(ours["absmax"], expected["absmax"], atol=atol, rtol=0, msg=key)
+        assert_close(ours["head"], expected["head"], atol=atol, rtol=0, msg=key)
+        for part in ("row_sum", "row_norm"):
+            assert_close(ours[part], expected[part], atol=channel_atol, rtol=0, msg=key)
+    assert summarised == 3  # the three largest; the other nine are compared whole
 
 
 def test_metrics_match_the_authors_evaluator(golden):
