@@ -35,3 +35,18 @@ def toy_config(toy_root: Path, output: Path, *overrides: str):
             *overrides,
         ],
     )
+
+
+def interrupt_before_final_checkpoint(monkeypatch, config, step: int = 0) -> BaseException:
+    """Train `step` to its last iteration, then stop as Ctrl-C would before the final
+    checkpoint (what is left is the periodic checkpoints); returns what was raised."""
+    import dkd_core.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "evaluate_model", interrupted)
+        with pytest.raises(KeyboardInterrupt) as stopped:
+            train_module.train_step(config, step)
+    return stopped.value

@@ -1,7 +1,6 @@
 """Gradient accumulation: one global batch however it is split over processes and micro-batches."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,8 @@ from dkd_core.checkpoint import read_meta
 from dkd_core.errors import DKDError
 from dkd_core.train import train_step
 from tests.integration.conftest import CONFIGS, toy_config
+from tests.integration.test_torchrun import overrides
+from tests.integration.test_torchrun import run as torchrun_run
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
@@ -22,19 +23,11 @@ TERMS = ("mbce", "kd", "dkd_pos", "dkd_neg", "ac", "total")
 
 
 def common(toy_root: Path, output: Path) -> list[str]:
-    return [
-        f"data.root={toy_root}", f"run.output={output}", "data.num_workers=0",
-        "data.batch_size=8", "data.eval_batch_size=8", "model.aspp_channels=32",
-        "optim.epochs=4", "train.log_every=1", "train.checkpoint_every=0",
-        "train.progress=false", "train.metrics_port=-1",
-    ]  # fmt: skip
+    return [*overrides(toy_root, output), "train.progress=false", "train.metrics_port=-1"]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return torchrun_run(cmd, timeout=900)
 
 
 def log_of(run_dir: Path, step: int) -> list[dict]:

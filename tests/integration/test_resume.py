@@ -13,7 +13,7 @@ from dkd_core.errors import DKDError
 from dkd_core.evaluate_cli import evaluate_checkpoint
 from dkd_core.lease import LeaseHeldError
 from dkd_core.train import train_step
-from tests.integration.conftest import toy_config
+from tests.integration.conftest import interrupt_before_final_checkpoint, toy_config
 
 pytestmark = pytest.mark.integration
 
@@ -146,15 +146,9 @@ def test_an_interrupted_step_resumed_with_other_settings_is_an_error(
 ):
     run = tmp_path / "run"
     config = toy_config(toy_root, run, *FAST, "train.checkpoint_every=1")
-
-    def interrupted(*args, **kwargs):  # stop after training, before the final checkpoint
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module, "evaluate_model", interrupted)
-        with pytest.raises(train_module.TrainingInterrupted) as stopped:
-            train_step(config, 0)
-    assert str(stopped.value) == (
+    stopped = interrupt_before_final_checkpoint(monkeypatch, config)
+    assert isinstance(stopped, train_module.TrainingInterrupted)
+    assert str(stopped) == (
         f"step 0 interrupted at iteration 2 of 2; last checkpoint "
         f"{run / 'step_0' / 'periodic' / 'iter_00000001'}: the same command resumes from it"
     )

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from dkd_core.checkpoint import load_model_checkpoint, read_meta
 from dkd_core.errors import DKDError
 from dkd_core.train import train_step
-from tests.integration.conftest import CONFIGS, toy_config
+from tests.integration.conftest import CONFIGS, interrupt_before_final_checkpoint, toy_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
@@ -135,17 +135,10 @@ def test_resume_after_kill_gives_the_same_weights(toy_root, tmp_path):
 
 
 def test_a_corrupted_periodic_checkpoint_is_refused(toy_root, tmp_path, monkeypatch):
-    import dkd_core.train as train_module
 
     config = toy_config(toy_root, tmp_path / "run", "train.checkpoint_every=2")
 
-    def interrupted(*args, **kwargs):  # stop after training, before the final checkpoint
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module, "evaluate_model", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train_step(config, 0)
+    interrupt_before_final_checkpoint(monkeypatch, config)
     latest = sorted((tmp_path / "run" / "step_0" / "periodic").glob("iter_*"))[-1]
     weights = latest / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -13,7 +13,7 @@ import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import CONFIGS
+from tests.integration.conftest import CONFIGS, interrupt_before_final_checkpoint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).parents[2]
@@ -99,7 +99,6 @@ SMALL = ("optim.epochs=1", "data.crop_size=32", "data.batch_size=4", "model.aspp
 def test_the_run_id_is_recorded_kept_on_resume_and_inherited_by_the_next_step(
     toy_root, tmp_path, monkeypatch, one_thread
 ):
-    import dkd_core.train as train_module
     from dkd_core.checkpoint import read_meta
     from dkd_core.train import train_step
     from tests.integration.conftest import toy_config
@@ -107,13 +106,7 @@ def test_the_run_id_is_recorded_kept_on_resume_and_inherited_by_the_next_step(
     monkeypatch.delenv("DKD_RUN_ID", raising=False)
     config = toy_config(toy_root, tmp_path / "run", *SMALL, "train.checkpoint_every=2")
 
-    def interrupted(*args, **kwargs):  # stop after training, before the final checkpoint
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(train_module, "evaluate_model", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train_step(config, 0)
+    interrupt_before_final_checkpoint(monkeypatch, config)
     periodic = sorted((tmp_path / "run" / "step_0" / "periodic").glob("iter_*"))
     generated = read_meta(periodic[-1])["run_id"]
     assert len(generated) == 12
