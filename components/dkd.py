@@ -222,12 +222,12 @@ def report(
     import tempfile
     from pathlib import Path
 
-    from dkd_core.report import build_report
+    from dkd_core.report import RunInput, build_report
 
     with open(history.path) as f:
         steps = json.load(f)
     with tempfile.TemporaryDirectory() as tmp:
-        files = build_report(steps, Path(tmp), title)
+        files = build_report([RunInput(steps)], Path(tmp), title)
         shutil.copyfile(files.markdown, markdown.path)
         shutil.copyfile(files.html, html.path)
         os.makedirs(plots.path, exist_ok=True)

@@ -126,7 +126,7 @@ def cmd_split(args: argparse.Namespace) -> dict:
 def cmd_report(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from dkd_core.report import build_report
+    from dkd_core.report import RunInput, build_report
 
     if args.run:
         paths = sorted(
@@ -143,7 +143,7 @@ def cmd_report(args: argparse.Namespace) -> dict:
         except (OSError, json.JSONDecodeError) as e:
             raise DKDError(f"{p}: cannot read step metrics ({e})") from e
     output = Path(args.output or (Path(args.run) / "report" if args.run else "report"))
-    files = build_report(steps, output, title=args.title)
+    files = build_report([RunInput(steps)], output, title=args.title)
     return {"report": str(files.markdown), "html": str(files.html), "steps": len(steps)}
 
 
