@@ -56,21 +56,23 @@ DATA ?= data/$(PIPELINE)
 given = $(if $(filter command line environment,$(origin $(1))),$($(1)))
 # The cluster image of compile/submit: only one the user named (make images push IMAGE=...).
 CLUSTER_IMAGE = $(call given,IMAGE)
+# SEEDS=1,2,3: one chain of steps per seed in the same run, aggregated in one report.
+SEEDS_OPTION = $(if $(SEEDS),--seeds $(SEEDS))
 
-demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table [VERBOSE=1]
-	$(PY) -m pipelines demo $(if $(VERBOSE),--verbose)
+demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table [SEEDS=1,2] [VERBOSE=1]
+	$(PY) -m pipelines demo $(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
 
-run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012 [VERBOSE=1]
+run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012 [SEEDS=1,2] [VERBOSE=1]
 	$(PY) -m pipelines run $(PIPELINE) --data $(DATA) $(foreach p,$(PARAMS),--param '$(p)') \
-		$(if $(VERBOSE),--verbose)
+		$(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
 
-compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob]
+compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob] [SEEDS=1,2,3 (the default of the seeds parameter)]
 	$(PY) -m pipelines compile $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
-		$(if $(LAUNCHER),--launcher $(LAUNCHER)) --output build/$(PIPELINE).yaml
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(SEEDS_OPTION) --output build/$(PIPELINE).yaml
 
-submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [PARAMS="KEY=VALUE ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
+submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [SEEDS=1,2,3] [PARAMS="KEY=VALUE ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
 	$(PY) -m pipelines submit $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
-		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(call given,DATA),--data $(DATA)) \
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(call given,DATA),--data $(DATA)) $(SEEDS_OPTION) \
 		$(foreach p,$(PARAMS),--param '$(p)') $(if $(KFP_HOST),--host $(KFP_HOST)) \
 		$(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 

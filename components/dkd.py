@@ -19,6 +19,7 @@ the artifact's parent folder (`dkd_core.locations`).
 """
 
 # No `from __future__ import annotations`: KFP reads the annotations as types.
+
 from kfp import dsl
 from kfp.dsl import (
     HTML,
@@ -74,6 +75,7 @@ def split_data(
 def train_step(
     config_yaml: str,
     step: int,
+    seed: int,
     dataset_uri: str,
     overrides: list,
     epochs: int,
@@ -105,8 +107,9 @@ def train_step(
     """Train one CISS step with `launcher` (local | pytorchjob | trainjob); the job writes `model`.
 
     Overrides, in order (later wins): data.root=<dataset_uri>, optim.epochs=<epochs>
-    (0 keeps the config's), then `overrides`. The pod parameters become the job's
-    `ClusterSpec` in `pipelines.jobspec.cluster_spec`.
+    (0 keeps the config's), `overrides`, then train.seed=<seed> (this chain's seed:
+    model init, data order, augmentation, exemplar choice). The pod parameters become
+    the job's `ClusterSpec` in `pipelines.jobspec.cluster_spec`.
     """
     import os
 
@@ -119,7 +122,7 @@ def train_step(
 
     if s3_endpoint:
         os.environ["S3_ENDPOINT"] = s3_endpoint  # for this pod, and forwarded to the job's
-    settings = jobspec.step_settings(dataset_uri, epochs, overrides)
+    settings = jobspec.step_settings(dataset_uri, epochs, overrides, seed)
     config = config_from_dict(yaml.safe_load(config_yaml), settings, "pipeline config")
     # The job writes the checkpoint at model.uri; KFP then uploads this local folder, empty.
     os.makedirs(model.path, exist_ok=True)
@@ -147,6 +150,7 @@ def train_step(
         launch_step(launcher, job, spec, **jobspec.launch_options(params))
     meta = open_store(model.uri).read_json(join(model.uri, "meta.json"))
     model.metadata["step"] = meta["step"]
+    model.metadata["seed"] = meta["config"]["train"]["seed"]
     model.metadata["classes_per_step"] = meta["model"]["classes_per_step"]
     model.metadata["task"] = f"{meta['task']['dataset']}:{meta['task']['name']}"
 
@@ -155,6 +159,7 @@ def train_step(
 def evaluate(
     model: Input[Model],
     manifest: Input[Dataset],
+    seed: int,
     s3_endpoint: str,
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
@@ -168,7 +173,9 @@ def evaluate(
     The training job already evaluated this checkpoint on this manifest's test
     split (eval/metrics.json beside it); that result is shown unless
     `recompute`. `history_out` is `history_in`'s JSON list of step metrics plus
-    this step's: chained from step to step, it gives the report every step.
+    this step's: chained from step to step, it gives the report every step of the
+    chain of `seed` (each entry names the seed, so the report pairs a collected
+    history with its seed by content, not by position).
     """
     import json
     import os
@@ -202,32 +209,65 @@ def evaluate(
     if history_in is not None:
         with open(history_in.path) as f:
             history = json.load(f)
-    history.append({"step": len(history), "checkpoint": model.uri, **result})
+    history.append({"step": len(history), "seed": seed, "checkpoint": model.uri, **result})
     with open(history_out.path, "w") as f:
         json.dump(history, f)
 
 
 @dsl.component(base_image=LOCAL_IMAGE, install_kfp_package=False)
 def report(
-    history: Input[Artifact],
+    histories: Input[list[Artifact]],
+    seeds: list,
     title: str,
+    s3_endpoint: str,
     markdown: Output[Markdown],
     html: Output[HTML],
     plots: Output[Artifact],
+    history: Output[Artifact],
 ) -> None:
-    """The run report (`dkd_core report`): markdown, HTML with the plots embedded, PNGs."""
+    """The run report (`dkd_core report`) over every seed's chain: markdown, HTML with the
+    plots embedded, PNGs, and `history`, the JSON {seed: that chain's step metrics}.
+
+    `histories` are the evaluate histories gathered from the seeds' chains
+    (`dsl.Collected`); each is matched to its seed by the seed its entries name, and the
+    runs are reported in the order of `seeds`: per step mean ± sample std over the seeds
+    and each seed's values (`dkd_core.report`). The entries' `checkpoint` URIs may be
+    read for files beside them, hence `s3_endpoint` and the components' S3 keys.
+    """
     import json
     import os
     import shutil
     import tempfile
     from pathlib import Path
 
+    from dkd_core.errors import DKDError
     from dkd_core.report import RunInput, build_report
 
-    with open(history.path) as f:
-        steps = json.load(f)
+    if s3_endpoint:
+        os.environ["S3_ENDPOINT"] = s3_endpoint
+    # A list parameter's numbers may arrive as JSON floats (1.0): the seeds are integers.
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int | float) or s != int(s)
+                        for s in seeds):  # fmt: skip
+        raise DKDError(f"seeds {seeds}: expected a list of integers, e.g. [1, 2, 3]")
+    seeds = [int(s) for s in seeds]
+    by_seed = {}
+    for artifact in histories:
+        with open(artifact.path) as f:
+            steps = json.load(f)
+        named = {entry.get("seed") for entry in steps}
+        if len(named) != 1 or None in named:
+            raise DKDError(f"history {artifact.uri}: expected one seed in its entries, got {named}")
+        (seed,) = named
+        if seed in by_seed:
+            raise DKDError(f"two histories for seed {seed}: {artifact.uri} (seeds {seeds})")
+        by_seed[seed] = steps
+    if sorted(by_seed) != sorted(seeds):
+        raise DKDError(f"histories of seeds {sorted(by_seed)}, expected the seeds {seeds}")
+    runs = [RunInput(by_seed[seed], seed=seed) for seed in seeds]
+    with open(history.path, "w") as f:
+        json.dump({str(seed): by_seed[seed] for seed in seeds}, f)
     with tempfile.TemporaryDirectory() as tmp:
-        files = build_report([RunInput(steps)], Path(tmp), title)
+        files = build_report(runs, Path(tmp), title)
         shutil.copyfile(files.markdown, markdown.path)
         shutil.copyfile(files.html, html.path)
         os.makedirs(plots.path, exist_ok=True)

@@ -230,6 +230,9 @@ _AT_LEAST: dict[str, float] = {
     "train.keep_checkpoints": 1,
     "train.log_every": 1,
     "train.max_iterations": 1,
+    # numpy's SeedSequence (the augmentation's `default_rng([seed, epoch, i])`) takes
+    # non-negative integers only.
+    "train.seed": 0,
 }
 _ABOVE_ZERO = (
     "optim.lr",

@@ -77,7 +77,7 @@ def train_dataset(config: Config, step: TaskStep, samples: list[Sample]) -> Segm
         samples,
         step.label_lut(step.new_labels, fill=0),  # docs/method.md §2: only C_t stays
         TrainTransform(config.data.crop_size),
-        seed=config.train.seed,
+        seed=config.train.seed,  # the augmentation stream of this run's seed
         allowed_labels=range(task_of(config).num_classes + 1),
     )
 
@@ -132,7 +132,10 @@ def step_data(
         [val_samples[i] for i in split.test],
         step.label_lut(step.seen_labels, fill=layout.unseen_test_label),
         EvalTransform(config.data.crop_size, whole_image=config.data.whole_image_eval),
-        seed=config.train.seed,
+        # Not the run's train.seed: evaluation draws nothing at random (EvalTransform
+        # ignores its generator), and a fixed seed says so. Every seed of a run is
+        # tested on the same images of the shared split manifest, prepared the same way.
+        seed=0,
         allowed_labels=range(task.num_classes + 1),
     )
     return StepData(

@@ -1,12 +1,18 @@
 """`python -m pipelines <command>`: compile, submit or run a benchmark's Kubeflow pipeline.
 
-  compile NAME --image IMG [--launcher L] [--output build/NAME.yaml]   IR YAML for a cluster
+  compile NAME --image IMG [--launcher L] [--output build/NAME.yaml] [--seeds 1,2,3]
+         IR YAML for a cluster
   submit NAME --image IMG --data s3://... [--host URL] [--namespace NS] [--experiment E]
-         [--param k=v ...]
+         [--param k=v ...] [--seeds 1,2,3]
   render-job NAME --step N --launcher pytorchjob|trainjob --image IMG [--param k=v ...]
-         the job manifest a train step creates (pipe to kubectl apply --dry-run=server -f -)
-  run NAME --data DIR [--output build/NAME] [--param k=v ...] [--verbose]   locally, with kfp.local
-  demo [--output build/demo] [--verbose]   the toy benchmark end to end on this machine
+         [--seed N]   the job manifest a train step creates (pipe to kubectl apply
+         --dry-run=server -f -)
+  run NAME --data DIR [--output build/NAME] [--param k=v ...] [--seeds 1,2] [--verbose]
+         locally, with kfp.local
+  demo [--output build/demo] [--seeds 1,2] [--verbose]   the toy benchmark end to end here
+
+--seeds runs one chain of steps per seed in the same run (the split is shared) and
+reports mean ± sample std per step; default: the config's train.seed.
 
 NAME is a config under pipelines/configs/ (e.g. voc_15-1) or a YAML path. Bad
 input is one line on stderr and exit code 2.
@@ -107,6 +113,14 @@ def _add_param_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_seeds_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--seeds", default=None, metavar="S1,S2,...",
+        help=f"{what}: distinct integers >= 0, one chain of steps (train.seed=S) per seed, "
+        "aggregated in one report (default: the config's train.seed)",
+    )  # fmt: skip
+
+
 def _add_verbose_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verbose", action="store_true",
@@ -119,29 +133,28 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines import builder
 
     output = Path(args.output or f"build/{Path(args.name).stem}.yaml")
-    path = builder.compile_pipeline(args.name, output, **_compile_options(args))
+    path = builder.compile_pipeline(args.name, output, seeds=args.seeds, **_compile_options(args))
     print(f"compiled {args.name} ({args.launcher}, image {args.image}) -> {path}")
     return 0
 
 
 def submit_request(args: argparse.Namespace) -> tuple[Path, dict]:
     """The config and the run's parameters of `submit`, checked before anything is compiled."""
-    from dkd_core.config import load_config
     from pipelines import builder
-    from pipelines.params import parse_params
+    from pipelines.params import apply_seeds, parse_params
     from pipelines.submit import check_dataset_uri
 
     options = _compile_options(args)
     config = builder.config_path(args.name)
     pipeline = builder.build_pipeline(config, **options)
-    params = parse_params(pipeline, args.param)
+    params = apply_seeds(parse_params(pipeline, args.param), args.seeds)
     if args.data:
         if params.get("dataset_uri", args.data) != args.data:
             raise DKDError("--data and --param dataset_uri name different datasets: give one")
         params["dataset_uri"] = args.data
     if args.override:
         params["overrides"] = [*params.get("overrides", []), *args.override]
-    load_config(config, params.get("overrides", []))  # a typo fails here, not later
+    builder.run_seeds(config, params)  # a typo or a bad seed fails here, not later
     if "dataset_uri" not in params:
         raise DKDError(
             "no dataset: pass DATA=s3://bucket/prefix (make submit) or --data s3://bucket/prefix"
@@ -192,7 +205,9 @@ def cmd_render_job(args: argparse.Namespace) -> int:
         params.append(f"dataset_uri={args.data}")
     options = _compile_options(args)
     options.pop("launcher")
-    manifest = render_step(args.name, args.step, args.launcher, params, args.namespace, **options)
+    manifest = render_step(
+        args.name, args.step, args.launcher, params, args.namespace, seed=args.seed, **options
+    )
     sys.stdout.write(to_yaml(manifest))
     return 0
 
@@ -204,15 +219,19 @@ def cmd_run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
     config = builder.config_path(args.name)
     output = Path(args.output or f"build/{Path(args.name).stem}")
     run = run_local(
-        config, args.data, output, args.param, [*overrides, *args.override], args.verbose
-    )
+        config, args.data, output, args.param, [*overrides, *args.override], args.verbose,
+        seeds=args.seeds,
+    )  # fmt: skip
     print(format_run(run))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dkd_core.data import make_toy_dataset
+    from pipelines.params import seed_list
 
+    if args.seeds is not None:
+        seed_list(args.seeds)  # a bad --seeds fails before the dataset is generated
     data = Path(args.data)
     if not (data / "class_names.txt").is_file():  # written last by make_toy_dataset
         print(f"generating the toy dataset in {data} ({DEMO_IMAGES} images) ...", flush=True)
@@ -236,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile a benchmark's pipeline to IR YAML")
     _add_compile_options(p, launchers)
     p.add_argument("--output", help="YAML file to write (default: build/NAME.yaml)")
+    _add_seeds_option(p, "default of the seeds parameter")
     p.set_defaults(handler=cmd_compile)
 
     p = sub.add_parser("submit", help="compile, upload and start a run on Kubeflow Pipelines")
@@ -249,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and run live there, and the jobs run there unless the namespace parameter is set",
     )  # fmt: skip
     p.add_argument("--experiment", help="experiment (created if missing; default: the pipeline)")
+    _add_seeds_option(p, "the run's seeds parameter")
     p.set_defaults(handler=cmd_submit)
 
     p = sub.add_parser(
@@ -259,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile_options(p, ("pytorchjob", "trainjob"))
     _add_param_options(p)
     p.add_argument("--step", type=int, required=True, help="CISS step (0 = base step)")
+    p.add_argument(
+        "--seed", type=int, default=None,
+        help="the chain's seed: train.seed of the job (default: the first of the seeds parameter)",
+    )  # fmt: skip
     p.add_argument("--pods-per-step", type=int, default=None, help="pods of the job (1)")
     p.add_argument("--data", help="dataset_uri parameter (default: s3://DATASET)")
     p.add_argument(
@@ -273,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (or s3:// URI)")
     p.add_argument("--output", help="output folder (default: build/NAME)")
     _add_param_options(p)
+    _add_seeds_option(p, "the run's seeds")
     _add_verbose_option(p)
     p.set_defaults(handler=cmd_run)
 
@@ -280,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/toy", help="toy dataset folder (default: data/toy)")
     p.add_argument("--output", default="build/demo", help="output folder (default: build/demo)")
     _add_param_options(p)
+    _add_seeds_option(p, "the run's seeds")
     _add_verbose_option(p)
     p.set_defaults(handler=cmd_demo)
     return parser

@@ -1,4 +1,4 @@
-"""Benchmark YAML -> KFP pipeline: split -> (train t -> evaluate t) per step -> report.
+"""Benchmark YAML -> KFP pipeline: split -> per seed (train t -> evaluate t per step) -> report.
 
 `build_pipeline(config_path, ...)` validates the config first (a malformed one is
 a `DKDError` before anything is compiled), then returns the `@dsl.pipeline`
@@ -7,6 +7,25 @@ comes from the config's task. Train step t+1 takes train step t's Model as its
 teacher; evaluate t+1 takes evaluate t's history, so the report gets every
 step's metrics. Evaluate t and train t+1 depend on nothing of each other and
 may run side by side.
+
+Seeds: the run-time parameter `seeds` (a list, default `[train.seed]` of the
+config, or `--seeds` at compile time) fans the chain of steps out with
+`dsl.ParallelFor`, one chain per seed, each training with `train.seed=<seed>`.
+The split runs once, before the loop, and every chain reads its manifest (the
+split does not depend on the seed). The report gathers the chains' last
+histories with `dsl.Collected` and aggregates them per step (mean ± sample std).
+A run-time parameter, not a loop unrolled at compile time, so that one compiled
+pipeline serves any seeds, they show in the KFP UI, and a resubmitted run with
+more seeds reuses the cached chains of the seeds it shares with an earlier run:
+a task's cache key holds its input values (the seed, not the loop index), the
+names of its input artifacts, its outputs' names and types and its image and
+command (kfp backend `src/v2/driver/cache.go` `getFingerPrint`,
+`src/v2/cacheutils/cache.go` `GenerateCacheKey`), so seed 2's step t keys the
+same in a run over [1, 2] and in one over [1, 2, 3]. Each iteration's tasks get
+their own output URIs (`src/v2/driver/driver.go` `provisionOutputs`: the task's
+name and a fresh UUID per execution; kfp.local: a folder per iteration), so two
+seeds never share a checkpoint folder, a job name (a hash of the Model's URI) or
+a lease.
 
 Run-time settings are pipeline parameters, shown in the KFP UI: the dataset
 (required), the S3 endpoint, the jobs' image, namespace and pods
@@ -29,7 +48,7 @@ the step's job resumes from the newest periodic checkpoint beside its Model.
 import ast
 import copy
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,7 +68,9 @@ from pipelines.jobspec import (
     DEFAULT_S3_SECRET,
     POD_DEFAULTS,
     RUN_ID_ENV,
+    step_settings,
 )
+from pipelines.params import seed_list
 
 CONFIGS = Path(__file__).parent / "configs"
 GPU = "nvidia.com/gpu"
@@ -69,7 +90,7 @@ class PipelineOutputs(NamedTuple):
     report: HTML  # report.html, plots embedded
     markdown: Markdown  # report.md
     plots: Artifact  # folder: miou_steps.png, per_class_iou.png, summary.json
-    history: Artifact  # JSON list of each step's test metrics
+    history: Artifact  # JSON {seed: list of each step's test metrics}, in the order of seeds
 
 
 def available_configs() -> list[str]:
@@ -119,6 +140,19 @@ def job_s3_access(
     return secret, keys
 
 
+def run_seeds(config_file: str | Path, arguments: Mapping[str, Any]) -> list[int]:
+    """The seeds a run with pipeline `arguments` trains: its `seeds`, else the config's
+    train.seed (the parameter's default), each checked with the run's overrides as a
+    train step applies them (`jobspec.step_settings`); a typo in an override, a bad or
+    repeated seed, or an override of train.seed is a `DKDError` here, not in a task."""
+    overrides = list(arguments.get("overrides", []))
+    config = load_config(config_file, overrides)
+    seeds = seed_list(arguments.get("seeds", [config.train.seed]), "--param seeds={}")
+    for seed in seeds:
+        load_config(config_file, step_settings(config.data.root, 0, overrides, seed)[1:])
+    return seeds
+
+
 def build_pipeline(
     config_path: str | Path,
     launcher: str = "pytorchjob",
@@ -130,6 +164,7 @@ def build_pipeline(
     job_s3_secret: str | None = None,
     job_s3_secret_keys: Mapping[str, str] | None = None,
     cluster: bool = True,
+    seeds: Sequence[int] | str | None = None,
 ) -> Callable:
     """The pipeline function of the benchmark config at `config_path`.
 
@@ -146,6 +181,7 @@ def build_pipeline(
       for the same Secret, `DEFAULT_JOB_S3_KEYS` for another one).
     - `s3_endpoint`: default of the `s3_endpoint` parameter.
     - `cluster=False` leaves out every Kubernetes setting (for `kfp.local`).
+    - `seeds`: default of the `seeds` parameter (default: `[train.seed]` of the config).
     """
     if launcher not in LAUNCHERS:
         raise DKDError(f"launcher {launcher!r}: expected one of {', '.join(sorted(LAUNCHERS))}")
@@ -158,6 +194,7 @@ def build_pipeline(
     if not isinstance(image, str) or any(c.isspace() for c in image):
         raise DKDError(f"image {image!r} is not an image reference (REGISTRY/NAME:TAG)")
     config = load_config(config_path)
+    default_seeds = seed_list([config.train.seed] if seeds is None else seeds)
     task = _task(config)
     config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False)
     keys = dict(DEFAULT_S3_KEYS if s3_secret_keys is None else s3_secret_keys)
@@ -177,6 +214,27 @@ def build_pipeline(
         if s3 and s3_secret:
             kubernetes.use_secret_as_env(t, secret_name=s3_secret, secret_key_to_env=keys)
 
+    def on_cluster_train(train: dsl.PipelineTask, t: int, gpus: Any) -> None:
+        """A train step's cluster settings: its run id, retries and, trained in its own pod,
+        `gpus` (the run's gpus_per_pod parameter) and /dev/shm."""
+        on_cluster(train, f"train step {t}")  # one per seed: the loop iteration tells which
+        if not cluster:
+            return
+        from kfp import kubernetes
+
+        # The run id labels the job (orphans can be found); an env var from the
+        # pod's label, not an input, so it stays out of the cache key.
+        kubernetes.use_field_path_as_env(
+            train, RUN_ID_ENV, f"metadata.labels['{KFP_RUN_ID_LABEL}']"
+        )
+        train.set_retry(num_retries=TRAIN_RETRIES, backoff_duration=TRAIN_RETRY_BACKOFF)
+        if launcher == "local":  # the step trains in this task's own pod
+            # data-loader workers share tensors through /dev/shm (64 MiB by default)
+            kubernetes.empty_dir_mount(
+                train, volume_name="dshm", mount_path="/dev/shm", medium="Memory"
+            )
+            train.set_accelerator_type(GPU).set_accelerator_limit(gpus)
+
     @dsl.pipeline(
         name=pipeline_name(config),
         description=f"DKD class-incremental segmentation, {task.dataset} {task.name} "
@@ -190,6 +248,7 @@ def build_pipeline(
         gpus_per_pod: int = default_gpus,
         pods_per_step: int = 1,
         epochs: int = config.optim.epochs,
+        seeds: list = default_seeds,
         overrides: list = [],  # noqa: B006 - KFP reads the default from the signature
         timeout_hours: float = 48.0,
         delete_after_done: bool = pod["delete_after_done"],
@@ -211,55 +270,48 @@ def build_pipeline(
         )  # fmt: skip
         on_cluster(split, "split")
         manifest = split.outputs["manifest"]
-        teacher = history = None
-        for t in range(task.num_steps):
-            train = c.train_step(
-                config_yaml=config_yaml, step=t, dataset_uri=dataset_uri, overrides=overrides,
-                epochs=epochs, launcher=launcher, image=image, namespace=namespace,
-                gpus_per_pod=gpus_per_pod, pods_per_step=pods_per_step,
-                timeout_hours=timeout_hours, s3_endpoint=s3_endpoint,
-                s3_secret=job_secret if cluster else "",
-                s3_secret_keys=job_keys if cluster else {},
-                image_pull_policy=image_pull_policy, cpu_request=cpu_request,
-                cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
-                shm_size=shm_size, tmp_size=tmp_size, service_account=service_account,
-                node_selector=node_selector, tolerations=tolerations,
-                trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
-                manifest=manifest, **({"teacher": teacher} if teacher is not None else {}),
-            )  # fmt: skip
-            on_cluster(train, f"train step {t}")
-            if cluster:
-                from kfp import kubernetes
-
-                # The run id labels the job (orphans can be found); an env var from the
-                # pod's label, not an input, so it stays out of the cache key.
-                kubernetes.use_field_path_as_env(
-                    train, RUN_ID_ENV, f"metadata.labels['{KFP_RUN_ID_LABEL}']"
+        # One chain of steps per seed; the split above is shared by all of them.
+        with dsl.ParallelFor(seeds) as seed:
+            teacher = history = None
+            for t in range(task.num_steps):
+                train = c.train_step(
+                    config_yaml=config_yaml, step=t, seed=seed, dataset_uri=dataset_uri,
+                    overrides=overrides,
+                    epochs=epochs, launcher=launcher, image=image, namespace=namespace,
+                    gpus_per_pod=gpus_per_pod, pods_per_step=pods_per_step,
+                    timeout_hours=timeout_hours, s3_endpoint=s3_endpoint,
+                    s3_secret=job_secret if cluster else "",
+                    s3_secret_keys=job_keys if cluster else {},
+                    image_pull_policy=image_pull_policy, cpu_request=cpu_request,
+                    cpu_limit=cpu_limit, memory_request=memory_request, memory_limit=memory_limit,
+                    shm_size=shm_size, tmp_size=tmp_size, service_account=service_account,
+                    node_selector=node_selector, tolerations=tolerations,
+                    trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
+                    manifest=manifest, **({"teacher": teacher} if teacher is not None else {}),
+                )  # fmt: skip
+                on_cluster_train(train, t, gpus_per_pod)
+                teacher = train.outputs["model"]
+                evaluation = c.evaluate(
+                    model=teacher,
+                    manifest=manifest,
+                    seed=seed,
+                    s3_endpoint=s3_endpoint,
+                    **({"history_in": history} if history is not None else {}),
                 )
-                train.set_retry(num_retries=TRAIN_RETRIES, backoff_duration=TRAIN_RETRY_BACKOFF)
-                if launcher == "local":  # the step trains in this task's own pod
-                    # data-loader workers share tensors through /dev/shm (64 MiB by default)
-                    kubernetes.empty_dir_mount(
-                        train, volume_name="dshm", mount_path="/dev/shm", medium="Memory"
-                    )
-                    train.set_accelerator_type(GPU).set_accelerator_limit(gpus_per_pod)
-            teacher = train.outputs["model"]
-            evaluation = c.evaluate(
-                model=teacher,
-                manifest=manifest,
-                s3_endpoint=s3_endpoint,
-                **({"history_in": history} if history is not None else {}),
-            )
-            # Reads the metrics the training job computed: no GPU, no /dev/shm.
-            on_cluster(evaluation, f"evaluate step {t}")
-            history = evaluation.outputs["history_out"]
-        summary = c.report(history=history, title=f"DKD {task.dataset} {task.name}")
-        on_cluster(summary, "report", s3=False)
+                # Reads the metrics the training job computed: no GPU, no /dev/shm.
+                on_cluster(evaluation, f"evaluate step {t}")
+                history = evaluation.outputs["history_out"]
+        summary = c.report(
+            histories=dsl.Collected(history), seeds=seeds,
+            title=f"DKD {task.dataset} {task.name}", s3_endpoint=s3_endpoint,
+        )  # fmt: skip
+        # Reads each step's files beside its checkpoint: the components' S3 keys.
+        on_cluster(summary, "report")
         return PipelineOutputs(
             report=summary.outputs["html"],
             markdown=summary.outputs["markdown"],
             plots=summary.outputs["plots"],
-            history=history,
+            history=summary.outputs["history"],
         )
 
     return pipeline

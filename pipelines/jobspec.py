@@ -51,6 +51,8 @@ TRAINING_RUN_ID_ENV = "DKD_RUN_ID"
 FORWARDED_ENV = (
     "S3_ENDPOINT", "S3_SECURE", "S3_REGION", "AWS_REGION", "S3_RETRY_SECONDS", "PUSHGATEWAY_URL",
 )  # fmt: skip
+#: The config key a chain's seed sets (`dkd_core.config.TrainConfig.seed`).
+SEED_KEY = "train.seed"
 #: Fields of a Kubernetes Toleration (core/v1).
 TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
 
@@ -203,13 +205,30 @@ def launch_options(params: Mapping[str, Any]) -> dict[str, Any]:
     return {"timeout_seconds": float(hours) * 3600}
 
 
-def step_settings(dataset_uri: str, epochs: int, overrides: Sequence[str]) -> list[str]:
+def step_settings(
+    dataset_uri: str, epochs: int, overrides: Sequence[str], seed: int | None = None
+) -> list[str]:
     """Config overrides of a step, in order (later wins): data.root, optim.epochs (0: the
-    config's), then the `overrides` parameter."""
+    config's), the `overrides` parameter, then train.seed=<seed> (the chain's seed).
+
+    The seed is the pipeline's `seeds` parameter, one chain per seed; `overrides` may
+    not set it too (a seed there would be silently replaced in every chain).
+    """
+    if seed is not None:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise DKDError(f"seed {seed!r}: expected an integer (the seeds parameter)")
+        for override in overrides:
+            if override.partition("=")[0].strip() == SEED_KEY:
+                raise DKDError(
+                    f"overrides {override!r}: {SEED_KEY} is set per chain by the seeds "
+                    f"parameter; pass seeds=[{override.partition('=')[2].strip()}] "
+                    "(--seeds, make ... SEEDS=) instead"
+                )
     return [
         f"data.root={dataset_uri}",
         *([f"optim.epochs={epochs}"] if epochs else []),
         *overrides,
+        *([f"{SEED_KEY}={seed}"] if seed is not None else []),
     ]
 
 

@@ -1,18 +1,26 @@
 """Run a benchmark's pipeline on this machine with `kfp.local` (the `local` launcher, CPU).
 
 Artifact URIs are then local paths under `<output>/kfp/`, so nothing needs S3.
-`run_local(...)` returns the per-step mIoU, the report files (copied to
-`<output>/report/`) and the wall time of each task.
+`run_local(...)` returns the per-step mIoU (mean and per seed), the report files
+(copied to `<output>/report/`) and the wall time of each task.
+
+Several seeds: kfp.local 2.17 runs a `dsl.ParallelFor` with up to two iterations
+at once, in threads (`kfp/local/orchestrator/enhanced_dag_orchestrator.py`,
+`ParallelExecutor`), each in its own folder `for-loop-N-iteration-<i>/`. Their
+tasks have the same names, so the lines of a task with a seed are prefixed with
+`[seed N]` and the wall times are listed per seed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import re
 import shutil
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dkd_core.config import load_config
 from dkd_core.errors import DKDError
 from dkd_core.storage import is_remote
-from pipelines.builder import build_pipeline
-from pipelines.params import parse_params
+from pipelines.builder import build_pipeline, run_seeds
+from pipelines.params import apply_seeds, parse_params
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"^Executing task '([^']+)'")
@@ -33,19 +40,37 @@ _FINISHED = re.compile(r"^Task '([^']+)' finished with status (\w+)")
 _KFP_LOCAL_NOISE = re.compile(r"^(Streamed logs:|Task '[^']+' (outputs:|has no outputs))")
 #: The prefix of the lines the KFP executor (`kfp.dsl.executor_main`) logs in a task.
 EXECUTOR_PREFIX = "[KFP Executor "
+#: kfp.local runs a task in the thread that logs its start and finish: the seed of the
+#: task a thread runs (its `seed` input; None for split and report), set when it starts.
+_task_seed = threading.local()
+
+
+def task_seed(full_command: Sequence[str]) -> int | None:
+    """The `seed` input of a task from its command line (the `--executor_input` JSON)."""
+    for flag, value in itertools.pairwise(full_command):
+        if flag == "--executor_input":
+            try:
+                seed = json.loads(value)["inputs"]["parameterValues"].get("seed")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return None
+            return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return None
 
 
 class TaskClock(logging.Filter):
     """Wall time of each kfp.local task, from the start/finish records kfp.local logs.
 
     Installed as a filter on the root logger (kfp.local swaps the root logger's
-    handlers, not its filters); it lets every record through unchanged.
+    handlers, not its filters); it lets every record through unchanged. A task
+    inside the seeds' loop is named `<task> (seed N)`: the loop's iterations run
+    tasks of the same names at once, each in its own thread.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.seconds: dict[str, float] = {}
-        self._started: dict[str, float] = {}
+        self._started: dict[tuple[int, str], float] = {}
+        self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -53,9 +78,16 @@ class TaskClock(logging.Filter):
         except Exception:  # a record we cannot format is not ours
             return True
         if m := _STARTED.match(message):
-            self._started[m.group(1)] = record.created
-        elif (m := _FINISHED.match(message)) and m.group(1) in self._started:
-            self.seconds[m.group(1)] = record.created - self._started.pop(m.group(1))
+            _task_seed.value = None
+            with self._lock:
+                self._started[(record.thread or 0, m.group(1))] = record.created
+        elif m := _FINISHED.match(message):
+            seed = getattr(_task_seed, "value", None)
+            name = m.group(1) if seed is None else f"{m.group(1)} (seed {seed})"
+            with self._lock:
+                started = self._started.pop((record.thread or 0, m.group(1)), None)
+                if started is not None:
+                    self.seconds[name] = record.created - started
         return True
 
     def __enter__(self) -> TaskClock:
@@ -85,16 +117,21 @@ class ExecutorLines:
         return False
 
 
-def _run_task_quietly(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+def _run_task_quietly(
+    full_command: list[str], env_vars: dict[str, str] | None = None, label_seeds: bool = False
+) -> int:
     """kfp.local's `run_local_subprocess` (same command, environment and merged
     stdout/stderr), showing the component's lines as they come and the KFP executor's
     only when the task fails: then its whole output is printed again, executor input
-    included, so the failure can be read in full."""
+    included, so the failure can be read in full. With `label_seeds` the component's
+    lines of a task with a seed start with `[seed N] `."""
     import os
 
     env = {**os.environ, **env_vars} if env_vars else None
     output: list[str] = []
     executor = ExecutorLines()
+    seed = task_seed(full_command) if label_seeds else None
+    label = "" if seed is None else f"[seed {seed}] "
     with subprocess.Popen(
         full_command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         env=env,
@@ -103,7 +140,8 @@ def _run_task_quietly(full_command: list[str], env_vars: dict[str, str] | None =
         for line in iter(process.stdout.readline, ""):
             output.append(line)
             if not executor.is_executor(line):
-                print(line, end="", flush=True)
+                text = line.lstrip(" ")  # the label after kfp.local's indent
+                print(f"{line[: len(line) - len(text)]}{label}{text}", end="", flush=True)
         code = process.wait()
     if code != 0:
         print(f"--- the task failed (exit code {code}); its whole output: ---")
@@ -124,20 +162,27 @@ class _HideKfpLocalNoise(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_tasks(verbose: bool) -> Iterator[None]:
+def quiet_tasks(verbose: bool, label_seeds: bool = False) -> Iterator[None]:
     """Unless `verbose`, show what the tasks print and when they start and finish, not
     the KFP executor's logs nor kfp.local's artifact dumps (a failing task still shows
-    all of its output). kfp.local (2.17) has no option for this: its SubprocessRunner
-    prints every line of `run_local_subprocess`, which is swapped for the duration."""
-    if verbose:
-        yield
-        return
+    all of its output); with `label_seeds`, a task's lines name its seed. kfp.local
+    (2.17) has no option for this: its SubprocessRunner prints every line of
+    `run_local_subprocess`, which is swapped for the duration. Either way the seed of
+    the task is noted for `TaskClock`."""
     from kfp.local import subprocess_task_handler
 
     original = subprocess_task_handler.run_local_subprocess
+
+    def run(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        _task_seed.value = task_seed(full_command)
+        if verbose:
+            return original(full_command, env_vars)
+        return _run_task_quietly(full_command, env_vars, label_seeds)
+
     hide = _HideKfpLocalNoise()
-    subprocess_task_handler.run_local_subprocess = _run_task_quietly
-    logging.getLogger().addFilter(hide)
+    subprocess_task_handler.run_local_subprocess = run
+    if not verbose:
+        logging.getLogger().addFilter(hide)
     try:
         yield
     finally:
@@ -149,11 +194,15 @@ def quiet_tasks(verbose: bool) -> Iterator[None]:
 class LocalRun:
     """What a local run produced."""
 
-    steps: list[dict[str, Any]]  # per step: step, old, new, all, hiou (percent; new None at 0)
+    # per step: step, old, new, all, hiou (percent; new None at 0): the mean over the seeds
+    steps: list[dict[str, Any]]
     report_dir: Path  # report.md, report.html, PNGs, summary.json, history.json
     artifacts: dict[str, str]  # pipeline outputs: report, markdown, plots, history -> local path
     seconds: float  # the whole run
     task_seconds: dict[str, float] = field(default_factory=dict)  # per kfp task, in run order
+    # summary.json's "aggregate": per step, each figure's mean, std, n and per-seed values
+    aggregate: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # in the order of the seeds parameter
 
     @property
     def html(self) -> Path:
@@ -171,14 +220,16 @@ def run_local(
     params: Sequence[str] | Mapping[str, Any] = (),
     overrides: Sequence[str] = (),
     verbose: bool = False,
+    seeds: str | Sequence[int] | None = None,
 ) -> LocalRun:
     """Run the pipeline of `config_path` with `kfp.local` on the dataset at `data`.
 
     `params` are pipeline parameters (`key=value` strings or a mapping; see
     `python -m pipelines run --help`), `overrides` config overrides appended to
-    the `overrides` parameter. The KFP executor's logs are shown only when
-    `verbose` or when a task fails (`quiet_tasks`). Raises `DKDError` when the data
-    is missing or a task fails.
+    the `overrides` parameter, `seeds` the `seeds` parameter (`1,2,3` or a list; one
+    chain of steps per seed; default: the config's train.seed). The KFP executor's
+    logs are shown only when `verbose` or when a task fails (`quiet_tasks`). Raises
+    `DKDError` when the data is missing, a seed or override is bad, or a task fails.
     """
     from kfp import local
 
@@ -188,16 +239,22 @@ def run_local(
         data = Path(data).resolve()
     output = Path(output).resolve()
     pipeline = build_pipeline(config_path, launcher="local", gpus_per_pod=0, cluster=False)
-    arguments = parse_params(pipeline, params)
+    arguments = apply_seeds(parse_params(pipeline, params), None if seeds is None else str(seeds))
     arguments["dataset_uri"] = str(data)
     # The tasks run here: they use this environment's S3_ENDPOINT (if any), not the cluster's.
     arguments.setdefault("s3_endpoint", "")
     if overrides:
         arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
-    load_config(config_path, arguments.get("overrides", []))  # a typo fails here, not in a task
+    chains = run_seeds(config_path, arguments)  # a typo or bad seed fails here, not in a task
+    given = {o.partition("=")[0].strip() for o in arguments.get("overrides", [])}
+    if len(chains) > 1 and "train.metrics_port" not in given:
+        # Two chains train at once on this machine: their exporters cannot both take the
+        # default port, so each takes a free one.
+        arguments["overrides"] = [*arguments.get("overrides", []), "train.metrics_port=0"]
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
     started = time.perf_counter()
-    with TaskClock() as clock, quiet_tasks(verbose), warnings.catch_warnings():
+    quiet = quiet_tasks(verbose, label_seeds=len(chains) > 1)
+    with TaskClock() as clock, quiet, warnings.catch_warnings():
         # The components name the dkd image; here they run in this environment, on purpose.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
         try:
@@ -211,7 +268,10 @@ def run_local(
     artifacts = {name: artifact.path for name, artifact in task.outputs.items()}
     report_dir = _collect_report(artifacts, output / "report")
     summary = json.loads((report_dir / "summary.json").read_text())
-    return LocalRun(summary["steps"], report_dir, artifacts, seconds, clock.seconds)
+    return LocalRun(
+        summary["steps"], report_dir, artifacts, seconds, clock.seconds,
+        aggregate=summary["aggregate"], seeds=[r["seed"] for r in summary["runs"]],
+    )  # fmt: skip
 
 
 def _collect_report(artifacts: Mapping[str, str], report_dir: Path) -> Path:
@@ -226,16 +286,38 @@ def _collect_report(artifacts: Mapping[str, str], report_dir: Path) -> Path:
 
 
 def format_run(run: LocalRun) -> str:
-    """The per-step mIoU table, the wall time of each task and where the report is."""
+    """The per-step mIoU table, the wall time of each task and where the report is.
+
+    One seed: a row per step. Several: per step a row of mean ± sample std over the
+    seeds, then a row per seed with its own values.
+    """
 
     def fmt(value: float | None) -> str:
         return "     -" if value is None else f"{value:6.2f}"
 
-    lines = ["step    old    new    all   hIoU"]
-    lines += [
-        f"{r['step']:>4} {fmt(r['old'])} {fmt(r['new'])} {fmt(r['all'])} {fmt(r['hiou'])}"
-        for r in run.steps
-    ]
+    figures = ("old", "new", "all", "hiou")
+    if len(run.seeds) > 1:
+
+        def stats(s: dict) -> str:
+            if s["mean"] is None:
+                return f"{'-':>14}"
+            return f"{s['mean']:6.2f} ± {s['std']:5.2f}" if s["std"] is not None else fmt(s["mean"])
+
+        lines = [
+            f"mean ± sample std over {len(run.seeds)} seeds ({', '.join(map(str, run.seeds))})",
+            f"step  seed  {'old':>14} {'new':>14} {'all':>14} {'hIoU':>14}",
+        ]
+        for row in run.aggregate:
+            lines.append(f"{row['step']:>4}  mean  " + " ".join(stats(row[k]) for k in figures))
+            for i, seed in enumerate(row["seeds"]):
+                values = " ".join(f"{fmt(row[k]['values'][i]):>14}" for k in figures)
+                lines.append(f"{'':>4}  {seed:>4}  {values}")
+    else:
+        lines = ["step    old    new    all   hIoU"]
+        lines += [
+            f"{r['step']:>4} {fmt(r['old'])} {fmt(r['new'])} {fmt(r['all'])} {fmt(r['hiou'])}"
+            for r in run.steps
+        ]
     if run.task_seconds:
         lines.append("")
         lines.append("wall time per task:")

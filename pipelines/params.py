@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -76,3 +77,55 @@ def parse_params(pipeline: Any, params: Sequence[str] | Mapping[str, Any]) -> di
             )
         out[key] = _parse_value(key, inputs[key].type, value) if isinstance(value, str) else value
     return out
+
+
+#: The pipeline parameter that runs one chain of steps per seed.
+SEEDS_PARAM = "seeds"
+SEEDS_EXAMPLE = "e.g. --seeds 1,2,3 (make ... SEEDS=1,2,3)"
+
+
+def seed_list(value: Any, option: str = "--seeds {}") -> list[int]:
+    """The seeds of a run as distinct integers >= 0, in the order given.
+
+    `value` is `1,2,3` or `[1, 2, 3]` (a string, as typed) or a list of integers
+    or of integer strings (`--param seeds=1,2` parses to strings). Anything else,
+    a repeated seed or an empty list is a `DKDError` that starts with `option`
+    filled with the value as given.
+    """
+    shown = value if isinstance(value, str) else ",".join(map(str, value or []))
+    where = option.format(shown or "''")
+    items: Any = value
+    if isinstance(value, str):
+        text = value.strip().strip("[]").strip()
+        items = [v.strip() for v in text.split(",")] if text else []
+    if not isinstance(items, list | tuple) or not items:
+        raise DKDError(f"{where}: expected a list of integers, {SEEDS_EXAMPLE}")
+    seeds: list[int] = []
+    for item in items:
+        if isinstance(item, str) and re.fullmatch(r"[+-]?\d+", item):
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool) or item < 0:
+            raise DKDError(f"{where}: {item!r} is not an integer >= 0; {SEEDS_EXAMPLE}")
+        if item in seeds:
+            raise DKDError(
+                f"{where}: seed {item} is given twice; each seed is one run, so the seeds "
+                f"must differ, {SEEDS_EXAMPLE}"
+            )
+        seeds.append(item)
+    return seeds
+
+
+def apply_seeds(arguments: dict[str, Any], seeds: str | None) -> dict[str, Any]:
+    """`arguments` with the `seeds` parameter from `--seeds` (if given) or `--param seeds=`,
+    checked by `seed_list`; both given and different is an error."""
+    given = seed_list(seeds) if seeds is not None else None
+    if SEEDS_PARAM in arguments:
+        param = seed_list(arguments[SEEDS_PARAM], f"--param {SEEDS_PARAM}={{}}")
+        if given is not None and given != param:
+            raise DKDError(
+                f"--seeds {seeds} and --param {SEEDS_PARAM}= name different seeds: give one"
+            )
+        given = param
+    if given is not None:
+        arguments[SEEDS_PARAM] = given
+    return arguments

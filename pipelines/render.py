@@ -17,7 +17,7 @@ import yaml
 from dkd_core.config import config_from_dict, config_to_dict, load_config
 from dkd_core.errors import DKDError
 from pipelines import builder, jobspec
-from pipelines.params import parse_params
+from pipelines.params import parse_params, seed_list
 
 RENDERABLE = ("pytorchjob", "trainjob")
 #: Stand-ins for what KFP fills in at run time.
@@ -40,10 +40,12 @@ def render_step(
     launcher: str,
     params: Mapping[str, Any] | list[str] = (),
     namespace: str = "kubeflow",
+    seed: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """The manifest of step `step`'s job for pipeline `name` (compile `options` as for
-    `build_pipeline`); an empty `namespace` parameter becomes `namespace`, the component
+    `build_pipeline`) in the chain of `seed` (default: the first of the `seeds`
+    parameter); an empty `namespace` parameter becomes `namespace`, the component
     pod's namespace it would resolve to (standalone KFP: kubeflow)."""
     from dkd_core.launch import render_job
 
@@ -59,7 +61,9 @@ def render_step(
     steps = builder._task(config).num_steps
     if not isinstance(step, int) or not 0 <= step < steps:
         raise DKDError(f"--step {step}: {name} has steps 0 to {steps - 1}")
-    settings = jobspec.step_settings(args["dataset_uri"], args["epochs"], args["overrides"])
+    seeds = builder.run_seeds(path, args)
+    (seed,) = seeds[:1] if seed is None else seed_list([seed], "--seed {}")
+    settings = jobspec.step_settings(args["dataset_uri"], args["epochs"], args["overrides"], seed)
     config = config_from_dict(config_to_dict(config), settings, "pipeline config")
     pipeline_name = builder.pipeline_name(config)
     model = artifact_uri(pipeline_name, _task_name(step), "model")

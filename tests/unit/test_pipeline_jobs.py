@@ -131,14 +131,14 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
     def record(backend, job, spec=None, **kw):
         launched.append((backend, job, spec, kw))
         meta = {"step": job.step, "model": {"classes_per_step": [15, 1]},
-                "task": {"dataset": "voc", "name": "15-1"}}  # fmt: skip
+                "task": {"dataset": "voc", "name": "15-1"}, "config": {"train": {"seed": 7}}}  # fmt: skip
         Path(job.checkpoint_out, "meta.json").write_text(json.dumps(meta))
 
     monkeypatch.setattr(dkd_core.launch, "launch_step", record)
     config_yaml = (REPO / "pipelines" / "configs" / "voc_15-1.yaml").read_text()
     model = artifact(tmp_path / "train-step-2" / "model")
     components.train_step.python_func(
-        config_yaml=config_yaml, step=1, dataset_uri="s3://mlpipeline/shared/VOC2012",
+        config_yaml=config_yaml, step=1, seed=7, dataset_uri="s3://mlpipeline/shared/VOC2012",
         overrides=["optim.lr=0.001"], epochs=3, launcher="trainjob", image=IMAGE, namespace="",
         gpus_per_pod=4, pods_per_step=2, timeout_hours=2.0,
         s3_endpoint="http://seaweedfs.kubeflow:9000", s3_secret="mlpipeline-minio-artifact",
@@ -154,7 +154,8 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
     assert (job.step, job.nodes, job.nproc_per_node) == (1, 2, 4)
     assert job.teacher == str(tmp_path / "train-step" / "model")
     assert job.overrides == ("data.root=s3://mlpipeline/shared/VOC2012", "optim.epochs=3",
-                             "optim.lr=0.001")  # fmt: skip
+                             "optim.lr=0.001", "train.seed=7")  # fmt: skip
+    assert job.command()[-1] == "train.seed=7"  # the chain's seed, last: it wins
     assert spec.namespace == "team-a" and spec.gpus_per_pod == 4 and spec.image == IMAGE
     assert (spec.cpu_request, spec.memory_request, spec.shm_size) == ("16", "64Gi", "16Gi")
     assert dict(spec.node_selector) == {"pool": "h100"}
@@ -163,7 +164,9 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
     assert (spec.tmp_size, spec.trainjob_runtime) == ("20Gi", "team-runtime")
     assert spec.delete_after_done is False
     assert kw == {"timeout_seconds": 7200.0}
-    assert model.metadata == {"step": 1, "classes_per_step": [15, 1], "task": "voc:15-1"}
+    assert model.metadata == {
+        "step": 1, "seed": 7, "classes_per_step": [15, 1], "task": "voc:15-1"
+    }  # fmt: skip
     assert (tmp_path / "train-step-2" / "config.yaml").read_text() == config_yaml
 
 

@@ -59,8 +59,24 @@ def load_ir(path: Path) -> dict:
     return spec
 
 
-def tasks_of(ir: dict) -> dict[str, dict]:
+def root_tasks(ir: dict) -> dict[str, dict]:
     return ir["root"]["dag"]["tasks"]
+
+
+def loop_component(ir: dict) -> dict:
+    """The component of the seeds' loop: the ParallelFor body, one chain of steps."""
+    (loop,) = [t for t in root_tasks(ir).values() if "parameterIterator" in t]
+    return ir["components"][loop["componentRef"]["name"]]
+
+
+def tasks_of(ir: dict) -> dict[str, dict]:
+    """Every task, the root DAG's and the seeds' loop's (their names do not overlap)."""
+    tasks = dict(root_tasks(ir))
+    for name, component in ir["components"].items():
+        if name.startswith("comp-for-loop-"):
+            assert not set(tasks) & set(component["dag"]["tasks"])
+            tasks.update(component["dag"]["tasks"])
+    return tasks
 
 
 def by_component(ir: dict, prefix: str) -> list[str]:
@@ -107,6 +123,12 @@ def test_one_train_and_one_evaluate_task_per_step(compiled, name):
     for t, (train, evaluation) in enumerate(zip(trains, evals, strict=True)):
         args = tasks[train]["inputs"]
         assert args["parameters"]["step"]["runtimeValue"]["constant"] == t
+        loop_item = {"componentInputParameter": "pipelinechannel--seeds-loop-item"}
+        assert args["parameters"]["seed"] == loop_item  # each chain trains with its seed
+        assert tasks[evaluation]["inputs"]["parameters"]["seed"] == loop_item
+        assert args["artifacts"]["manifest"] == {
+            "componentInputArtifact": "pipelinechannel--split-data-manifest"
+        }  # fmt: skip
         teacher = args["artifacts"].get("teacher")
         history = tasks[evaluation]["inputs"]["artifacts"].get("history_in")
         model = tasks[evaluation]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
@@ -119,8 +141,46 @@ def test_one_train_and_one_evaluate_task_per_step(compiled, name):
                 "producerTask": trains[t - 1],
             }
             assert history["taskOutputArtifact"]["producerTask"] == evals[t - 1]
-    report = tasks[by_component(ir, "comp-report")[0]]["inputs"]["artifacts"]["history"]
-    assert report["taskOutputArtifact"]["producerTask"] == evals[-1]
+    # The report collects the last evaluate's history of every chain (dsl.Collected).
+    report = tasks[by_component(ir, "comp-report")[0]]["inputs"]
+    (loop_name,) = [n for n, t in root_tasks(ir).items() if "parameterIterator" in t]
+    assert report["artifacts"]["histories"]["taskOutputArtifact"] == {
+        "outputArtifactKey": f"pipelinechannel--{evals[-1]}-history_out",
+        "producerTask": loop_name,
+    }  # fmt: skip
+    assert report["parameters"]["seeds"] == {"componentInputParameter": "seeds"}
+    selector = loop_component(ir)["dag"]["outputs"]["artifacts"]
+    assert selector[f"pipelinechannel--{evals[-1]}-history_out"]["artifactSelectors"] == [
+        {"outputArtifactKey": "history_out", "producerSubtask": evals[-1]}
+    ]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_one_split_then_a_parallel_for_over_the_seeds_then_the_report(compiled, name):
+    ir = load_ir(compiled[name])
+    root = root_tasks(ir)
+    assert sorted(t["componentRef"]["name"] for t in root.values()) == [
+        "comp-for-loop-1", "comp-report", "comp-split-data"
+    ]  # fmt: skip
+    loop = root["for-loop-1"]
+    # A run-time iterator over the `seeds` parameter (not a loop unrolled when compiling).
+    assert loop["parameterIterator"] == {
+        "itemInput": "pipelinechannel--seeds-loop-item",
+        "items": {"inputParameter": "pipelinechannel--seeds"},
+    }
+    assert loop["inputs"]["parameters"]["pipelinechannel--seeds"] == {
+        "componentInputParameter": "seeds"
+    }  # fmt: skip
+    assert loop["dependentTasks"] == ["split-data"]  # the chains share the one split
+    assert root["report"]["dependentTasks"] == ["for-loop-1"]
+    body = loop_component(ir)["dag"]["tasks"]
+    # The loop holds the chain, train and evaluate per step, and nothing else.
+    kinds = {re.sub(r"-\d+$", "", t["componentRef"]["name"]) for t in body.values()}
+    assert kinds == {"comp-train-step", "comp-evaluate"}
+    assert len(body) == 2 * task_of(load_config(config_path(name))).num_steps
+    report = ir["components"]["comp-report"]["inputDefinitions"]
+    assert report["artifacts"]["histories"]["isArtifactList"] is True
+    assert report["parameters"]["seeds"]["parameterType"] == "LIST"
 
 
 def test_voc_15_1_has_six_steps(compiled):
@@ -153,6 +213,7 @@ PARAMETERS = {
     "gpus_per_pod": ("NUMBER_INTEGER", 1),
     "pods_per_step": ("NUMBER_INTEGER", 1),
     "epochs": ("NUMBER_INTEGER", 30),
+    "seeds": ("LIST", [1]),  # the config's train.seed
     "overrides": ("LIST", []),
     "timeout_hours": ("NUMBER_DOUBLE", 48.0),
     "delete_after_done": ("BOOLEAN", True),
@@ -221,10 +282,16 @@ def test_every_task_that_reads_the_store_gets_the_endpoint_parameter(compiled, n
     assert "minio-service" not in compiled[name].read_text()
     for task, body in tasks_of(ir).items():
         params = body["inputs"]["parameters"]
-        if body["componentRef"]["name"].startswith("comp-report"):
-            assert "s3_endpoint" not in params
+        if "parameterIterator" in body:  # the loop itself, checked below
             continue
-        assert params["s3_endpoint"] == {"componentInputParameter": "s3_endpoint"}, task
+        if task in root_tasks(ir):
+            assert params["s3_endpoint"] == {"componentInputParameter": "s3_endpoint"}, task
+        else:  # inside the seeds' loop: the loop's copy of the parameter
+            assert params["s3_endpoint"] == {
+                "componentInputParameter": "pipelinechannel--s3_endpoint"
+            }, task  # fmt: skip
+    loop = root_tasks(ir)["for-loop-1"]["inputs"]["parameters"]
+    assert loop["pipelinechannel--s3_endpoint"] == {"componentInputParameter": "s3_endpoint"}
     for executor in ir["deploymentSpec"]["executors"].values():
         env = executor["container"].get("env", [])
         assert not [e for e in env if e["name"] == "S3_ENDPOINT"]
@@ -237,7 +304,9 @@ def test_the_image_is_the_components_and_the_jobs(tmp_path):
     assert images == {"reg.example/dkd:7"}
     assert parameters_of(ir)["image"] == ("STRING", "reg.example/dkd:7")
     train = tasks_of(ir)["train-step"]["inputs"]["parameters"]
-    assert train["image"] == {"componentInputParameter": "image"}
+    assert train["image"] == {"componentInputParameter": "pipelinechannel--image"}
+    loop = root_tasks(ir)["for-loop-1"]["inputs"]["parameters"]
+    assert loop["pipelinechannel--image"] == {"componentInputParameter": "image"}
 
 
 def test_compiling_for_a_cluster_without_an_image_is_refused(tmp_path, capsys):
@@ -279,7 +348,8 @@ def test_cluster_settings_of_the_tasks(compiled):
     assert "run_id" not in tasks["train-step"]["inputs"]["parameters"]
     assert "emptyDirMounts" not in platform["exec-evaluate"]
     assert platform["exec-evaluate"]["secretAsEnv"][0]["secretName"] == "mlpipeline-minio-artifact"
-    assert "exec-report" not in platform  # reads and writes only its own artifacts
+    # The report may read files beside each step's checkpoint: the evaluate's S3 access.
+    assert platform["exec-report"]["secretAsEnv"] == platform["exec-evaluate"]["secretAsEnv"]
 
 
 def test_local_launcher_takes_its_gpus_from_the_parameter(tmp_path):
@@ -296,8 +366,10 @@ def test_local_launcher_takes_its_gpus_from_the_parameter(tmp_path):
     )
     assert accelerator["resourceType"] == "nvidia.com/gpu"
     train = tasks_of(ir)["train-step"]["inputs"]["parameters"]
-    assert train["pipelinechannel--gpus_per_pod"] == {"componentInputParameter": "gpus_per_pod"}
-    assert train["gpus_per_pod"] == {"componentInputParameter": "gpus_per_pod"}
+    assert train["pipelinechannel--gpus_per_pod"] == {
+        "componentInputParameter": "pipelinechannel--gpus_per_pod"
+    }  # fmt: skip
+    assert train["gpus_per_pod"] == {"componentInputParameter": "pipelinechannel--gpus_per_pod"}
     assert parameters_of(ir)["gpus_per_pod"] == ("NUMBER_INTEGER", 4)
     assert container["image"] == "reg/dkd:dev"
     platform = ir["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
