@@ -66,8 +66,25 @@ def test_quiet_tasks_hide_the_executor_unless_the_task_fails(tmp_path, capsys):
         assert whole.startswith("[KFP Executor") and '"parameterValues"' in whole
         assert "boom" in whole and whole.endswith("--- end of the failed task's output ---\n")
     assert handler.run_local_subprocess is original
-    with quiet_tasks(verbose=True):
-        assert handler.run_local_subprocess is original
+    with quiet_tasks(verbose=True):  # kfp.local's own runner, seen through (it notes the seed)
+        assert handler.run_local_subprocess(fake_task(tmp_path, 0), None) == 0
+        assert "[KFP Executor" in capsys.readouterr().out
+    assert handler.run_local_subprocess is original
+
+
+def test_quiet_tasks_label_a_tasks_lines_with_its_seed(tmp_path, capsys):
+    from kfp.local import subprocess_task_handler as handler
+
+    script = tmp_path / "task.py"
+    script.write_text("print('    step 0: iteration 2/16')\nprint('plain')\n")
+    executor_input = '{"inputs": {"parameterValues": {"seed": 4}}}'
+    command = [sys.executable, str(script), "--executor_input", executor_input]
+    with quiet_tasks(verbose=False, label_seeds=True):
+        assert handler.run_local_subprocess(command, None) == 0
+    assert capsys.readouterr().out == "    [seed 4] step 0: iteration 2/16\n[seed 4] plain\n"
+    with quiet_tasks(verbose=False):  # one seed: the lines as they are
+        assert handler.run_local_subprocess(command, None) == 0
+    assert capsys.readouterr().out == "    step 0: iteration 2/16\nplain\n"
 
 
 def test_quiet_tasks_drop_kfp_locals_artifact_dumps_only():

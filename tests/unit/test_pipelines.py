@@ -641,7 +641,7 @@ def test_make_submit_builds_the_request(tmp_path, monkeypatch, capsys):
     with kfp_api_server() as api:
         argv = make_command(
             "submit", "PIPELINE=voc_15-1", "IMAGE=registry.example.org/ml/dkd:0.1.0",
-            "DATA=s3://mlpipeline/shared/VOC2012", f"KFP_HOST={api.url}",
+            "DATA=s3://mlpipeline/shared/VOC2012", f"KFP_HOST={api.url}", "SEEDS=1,2,3",
             'PARAMS=pods_per_step=2 gpus_per_pod=4 delete_after_done=false '
             'tolerations=[{"key":"nvidia.com/gpu","operator":"Exists"}]',
         )  # fmt: skip
@@ -658,11 +658,20 @@ def test_make_submit_builds_the_request(tmp_path, monkeypatch, capsys):
     assert first_run["runtime_config"]["parameters"] == {
         "dataset_uri": "s3://mlpipeline/shared/VOC2012", "pods_per_step": 2, "gpus_per_pod": 4,
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-        "delete_after_done": False,
+        "delete_after_done": False, "seeds": [1, 2, 3],
     }  # fmt: skip
     assert first_run["pipeline_version_reference"] == {
         "pipeline_id": "p-1", "pipeline_version_id": "v-of-p-1"
     }  # fmt: skip
+
+
+def test_make_passes_seeds_to_every_run_command():
+    assert make_command("demo", "SEEDS=1,2")[-2:] == ["--seeds", "1,2"]
+    assert "--seeds" not in make_command("demo")
+    run = make_command("run", "PIPELINE=voc_15-1", "DATA=/data/VOC2012", "SEEDS=1,2,3")
+    assert run[run.index("--seeds") + 1] == "1,2,3"
+    compiled = make_command("compile", "IMAGE=reg/dkd:1", "SEEDS=4,5")
+    assert compiled[compiled.index("--seeds") + 1] == "4,5"
 
 
 def load_ir_text(body: bytes) -> dict:
