@@ -20,6 +20,7 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -117,6 +118,39 @@ class ExecutorLines:
         return False
 
 
+#: kfp.local indents a task's output by 4 spaces (`logging_utils.indented_print`, which
+#: swaps `builtins.print`: not safe while two tasks run at once), so the lines a task
+#: prints are written here with that indent, not through `print`.
+TASK_INDENT = "    "
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def parallel_tasks_logging() -> Iterator[None]:
+    """The root logger's level held at INFO and `builtins.print` put back after the run.
+
+    kfp.local 2.17 sets both per task and restores them when the task ends
+    (`logging_utils.local_logger_context`, `indented_print`). The seeds' loop runs
+    two tasks at once in threads, so one task's restore lands in the middle of the
+    other: the other's records, "finished" among them, are dropped (the level is back
+    to WARNING), and `print` may stay indented after the run.
+    """
+    import builtins
+
+    root = logging.getLogger()
+    level, printer = root.level, builtins.print
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        builtins.print = printer
+
+
 def _run_task_quietly(
     full_command: list[str], env_vars: dict[str, str] | None = None, label_seeds: bool = False
 ) -> int:
@@ -140,14 +174,12 @@ def _run_task_quietly(
         for line in iter(process.stdout.readline, ""):
             output.append(line)
             if not executor.is_executor(line):
-                text = line.lstrip(" ")  # the label after kfp.local's indent
-                print(f"{line[: len(line) - len(text)]}{label}{text}", end="", flush=True)
+                _write(f"{TASK_INDENT}{label}{line}")
         code = process.wait()
     if code != 0:
-        print(f"--- the task failed (exit code {code}); its whole output: ---")
-        for line in output:
-            print(line, end="")
-        print("--- end of the failed task's output ---", flush=True)
+        _write(f"--- the task failed (exit code {code}); its whole output: ---\n")
+        _write("".join(output))
+        _write("--- end of the failed task's output ---\n")
     return code
 
 
@@ -254,7 +286,7 @@ def run_local(
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
     started = time.perf_counter()
     quiet = quiet_tasks(verbose, label_seeds=len(chains) > 1)
-    with TaskClock() as clock, quiet, warnings.catch_warnings():
+    with TaskClock() as clock, quiet, parallel_tasks_logging(), warnings.catch_warnings():
         # The components name the dkd image; here they run in this environment, on purpose.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
         try:

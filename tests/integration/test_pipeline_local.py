@@ -1,9 +1,11 @@
-"""The toy pipeline end to end under kfp.local: split, three steps trained and evaluated, report."""
+"""The toy pipeline end to end under kfp.local, with two seeds: one split, then per seed three
+steps trained and evaluated, and one report that aggregates the seeds."""
 
 import contextlib
 import io
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ FAST = [
     "train.metrics_port=-1",
     "train.log_every=2",  # a logged loss on the progress lines of the short steps too
 ]
+SEEDS = [1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -33,27 +36,56 @@ def toy_run(toy_root, tmp_path_factory):
     printed = io.StringIO()  # what the run prints (kfp.local writes to sys.stdout)
     try:
         with contextlib.redirect_stdout(printed):
-            run = run_local(config_path("toy"), toy_root, output, ["epochs=2"], FAST)
+            run = run_local(config_path("toy"), toy_root, output, ["epochs=2"], FAST, seeds="1,2")
         yield run, output, printed.getvalue()
     finally:
         mp.undo()
 
 
-def test_every_step_leaves_a_complete_checkpoint(toy_run):
+def test_every_step_of_every_seed_leaves_its_own_checkpoint(toy_run):
     run, output, _ = toy_run
     history = json.loads((run.report_dir / "history.json").read_text())
-    assert [s["step"] for s in history] == [0, 1, 2]
-    models = [Path(s["checkpoint"]) for s in history]
-    assert len(set(models)) == 3
-    for t, model in enumerate(models):
-        assert model.is_relative_to(output / "kfp")  # the Model artifact, written by the job
-        assert (model / "model.safetensors").is_file()
-        meta = json.loads((model / "meta.json").read_text())
-        assert meta["step"] == t and meta["model"]["classes_per_step"] == [4, 1, 1][: t + 1]
-        assert meta["config"]["optim"]["epochs"] == 2  # the pipeline parameter reached the job
-        assert meta["config"]["model"]["aspp_channels"] == 32  # and the overrides
-        assert (model.parent / "config.yaml").is_file()
-        assert (model.parent / "eval" / "metrics.json").is_file()
+    assert list(history) == ["1", "2"]  # {seed: that chain's steps}, in the order of the seeds
+    folders = set()
+    for seed in SEEDS:
+        steps = history[str(seed)]
+        assert [s["step"] for s in steps] == [0, 1, 2] and {s["seed"] for s in steps} == {seed}
+        for t, entry in enumerate(steps):
+            model = Path(entry["checkpoint"])
+            assert model.is_relative_to(output / "kfp")  # the Model artifact, written by the job
+            # each seed's chain is one loop iteration, with its own folders
+            assert re.search(r"/for-loop-\d+-iteration-[01]/train-step(-\d)?/model$", str(model))
+            folders.add(model.parent)
+            assert (model / "model.safetensors").is_file()
+            meta = json.loads((model / "meta.json").read_text())
+            assert meta["step"] == t and meta["model"]["classes_per_step"] == [4, 1, 1][: t + 1]
+            assert meta["config"]["train"]["seed"] == seed  # the seed is in the checkpoint
+            assert meta["config"]["optim"]["epochs"] == 2  # the pipeline parameter reached the job
+            assert meta["config"]["model"]["aspp_channels"] == 32  # and the overrides
+            assert (model.parent / "config.yaml").is_file()
+            assert (model.parent / "eval" / "metrics.json").is_file()
+    assert len(folders) == 6  # no two steps, of one seed or two, share a folder (or a lease)
+    # One split for both seeds, outside the loop's iteration folders.
+    assert len(list((output / "kfp").glob("*/split-data/manifest"))) == 1
+    assert not list((output / "kfp").glob("*/for-loop-*/split-data"))
+
+
+def test_the_report_aggregates_the_seeds(toy_run):
+    run, _, _ = toy_run
+    summary = json.loads((run.report_dir / "summary.json").read_text())
+    assert [r["seed"] for r in summary["runs"]] == SEEDS == run.seeds
+    per_seed = [r["steps"] for r in summary["runs"]]
+    for t, row in enumerate(summary["aggregate"]):
+        assert row["seeds"] == SEEDS
+        for key in ("old", "all"):
+            values = [steps[t][key] for steps in per_seed]
+            assert row[key]["values"] == values and row[key]["n"] == 2
+            assert row[key]["mean"] == pytest.approx(statistics.fmean(values))
+            assert row[key]["std"] == pytest.approx(statistics.stdev(values))
+            assert summary["steps"][t][key] == pytest.approx(statistics.fmean(values))
+    # Two seeds are two different runs: different weights, so different test results.
+    assert per_seed[0] != per_seed[1]
+    assert per_seed[0][0]["all"] != per_seed[1][0]["all"]
 
 
 def test_metrics_are_sane(toy_run):
@@ -66,7 +98,8 @@ def test_metrics_are_sane(toy_run):
     for r in run.steps[1:]:
         assert isinstance(r["new"], float) and 0 <= r["new"] <= 100
     history = json.loads((run.report_dir / "history.json").read_text())
-    assert len(history[-1]["confusion"]) == len(history[-1]["channel_names"]) == 7
+    for steps in history.values():
+        assert len(steps[-1]["confusion"]) == len(steps[-1]["channel_names"]) == 7
 
 
 def test_report_files_embed_the_plots(toy_run):
@@ -81,18 +114,21 @@ def test_report_files_embed_the_plots(toy_run):
 
 def test_run_summary_lists_steps_and_task_times(toy_run):
     run, _, _ = toy_run
-    assert {"split-data", "train-step", "train-step-3", "evaluate-3", "report"} <= set(
-        run.task_seconds
-    )
+    chains = {f"{task} (seed {seed})" for task in ("train-step", "train-step-3", "evaluate-3")
+              for seed in SEEDS}  # fmt: skip
+    assert {"split-data", "report", *chains} <= set(run.task_seconds)
     text = format_run(run)
-    assert "step    old    new    all   hIoU" in text and str(run.html) in text
+    assert "mean ± sample std over 2 seeds (1, 2)" in text and str(run.html) in text
+    assert re.search(r"^   2  mean  +\d+\.\d\d ± +\d+\.\d\d ", text, re.M)
 
 
 def test_the_run_shows_progress_lines_not_the_executors_logs(toy_run):
     _, _, printed = toy_run
-    for step in (0, 1, 2):
-        assert re.search(rf"step {step}: iteration \d+/\d+ \(\d+%\), loss \d", printed)
-        assert re.search(rf"step {step}: iteration (\d+)/\1 \(100%\), .*done in ", printed)
+    for seed in SEEDS:  # the two chains run at once: each line names its seed
+        for step in (0, 1, 2):
+            line = rf"\[seed {seed}\] .*step {step}: iteration"
+            assert re.search(rf"{line} \d+/\d+ \(\d+%\), loss \d", printed)
+            assert re.search(rf"{line} (\d+)/\1 \(100%\), .*done in ", printed)
     assert "Executing task" in printed and "finished with status" in printed
     assert "step 0: " in printed and " train images, " in printed  # what split-data prints
     # Neither the KFP executor's logs, its input's JSON, kfp.local's artifact dumps, nor
@@ -100,7 +136,7 @@ def test_the_run_shows_progress_lines_not_the_executors_logs(toy_run):
     noises = ("[KFP Executor", "executor_input", '"parameterValues"', "outputs:", "uri='")
     for noise in (*noises, "class presence", "label checksums", "it/s]"):
         assert noise not in printed
-    assert len(printed.splitlines()) < 150
+    assert len(printed.splitlines()) < 300  # < 150 per seed
 
 
 def test_a_failing_task_shows_its_whole_output(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from pipelines.local import ExecutorLines, quiet_tasks
+from pipelines.local import ExecutorLines, parallel_tasks_logging, quiet_tasks
 
 #: A task's output as the KFP executor (kfp 2.17) and a component write it.
 TASK_OUTPUT = """\
@@ -76,15 +76,50 @@ def test_quiet_tasks_label_a_tasks_lines_with_its_seed(tmp_path, capsys):
     from kfp.local import subprocess_task_handler as handler
 
     script = tmp_path / "task.py"
-    script.write_text("print('    step 0: iteration 2/16')\nprint('plain')\n")
+    script.write_text("print('step 0: iteration 2/16')\nprint('  indented')\n")
     executor_input = '{"inputs": {"parameterValues": {"seed": 4}}}'
     command = [sys.executable, str(script), "--executor_input", executor_input]
     with quiet_tasks(verbose=False, label_seeds=True):
         assert handler.run_local_subprocess(command, None) == 0
-    assert capsys.readouterr().out == "    [seed 4] step 0: iteration 2/16\n[seed 4] plain\n"
+    # kfp.local's indent (4 spaces), then the seed, then the line as the task printed it
+    assert (
+        capsys.readouterr().out == "    [seed 4] step 0: iteration 2/16\n    [seed 4]   indented\n"
+    )
     with quiet_tasks(verbose=False):  # one seed: the lines as they are
         assert handler.run_local_subprocess(command, None) == 0
-    assert capsys.readouterr().out == "    step 0: iteration 2/16\nplain\n"
+    assert capsys.readouterr().out == "    step 0: iteration 2/16\n      indented\n"
+
+
+def test_two_tasks_at_once_lose_no_record_and_leave_print_as_it_was():
+    """kfp.local's per-task logging contexts, ended out of order as two threads end them."""
+    import builtins
+
+    from kfp.local import logging_utils
+
+    root = logging.getLogger()
+    level, printer = root.level, builtins.print
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    keep = Keep()
+    with parallel_tasks_logging():
+        first, second = logging_utils.local_logger_context(), logging_utils.local_logger_context()
+        first_print, second_print = logging_utils.indented_print(), logging_utils.indented_print()
+        for context in (first, second, first_print, second_print):
+            context.__enter__()
+        first.__exit__(None, None, None)  # the first task ends ...
+        first_print.__exit__(None, None, None)
+        root.addHandler(keep)
+        logging.info("Task 'evaluate-2' finished with status SUCCESS")  # ... the second's record
+        root.removeHandler(keep)
+        second.__exit__(None, None, None)
+        second_print.__exit__(None, None, None)
+        assert builtins.print is not printer  # kfp.local left its indenting print behind
+    assert seen == ["Task 'evaluate-2' finished with status SUCCESS"]
+    assert builtins.print is printer and root.level == level
 
 
 def test_quiet_tasks_drop_kfp_locals_artifact_dumps_only():
