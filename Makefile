@@ -58,6 +58,8 @@ given = $(if $(filter command line environment,$(origin $(1))),$($(1)))
 CLUSTER_IMAGE = $(call given,IMAGE)
 # SEEDS=1,2,3: one chain of steps per seed in the same run, aggregated in one report.
 SEEDS_OPTION = $(if $(SEEDS),--seeds $(SEEDS))
+# PARALLEL_SEEDS=N (compile, submit): at most N seeds' chains at once (default: all).
+PARALLEL_OPTION = $(if $(PARALLEL_SEEDS),--parallel-seeds $(PARALLEL_SEEDS))
 
 demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table [SEEDS=1,2] [VERBOSE=1]
 	$(PY) -m pipelines demo $(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
@@ -66,13 +68,15 @@ run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DAT
 	$(PY) -m pipelines run $(PIPELINE) --data $(DATA) $(foreach p,$(PARAMS),--param '$(p)') \
 		$(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
 
-compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob] [SEEDS=1,2,3 (the default of the seeds parameter)]
+compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob] [SEEDS=1,2,3 (the default of the seeds parameter)] [PARALLEL_SEEDS=N]
 	$(PY) -m pipelines compile $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
-		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(SEEDS_OPTION) --output build/$(PIPELINE).yaml
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(SEEDS_OPTION) $(PARALLEL_OPTION) \
+		--output build/$(PIPELINE).yaml
 
-submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [SEEDS=1,2,3] [PARAMS="KEY=VALUE ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
+submit: setup ## start a run on Kubeflow Pipelines: make submit PIPELINE=voc_15-1 IMAGE=registry/dkd:tag DATA=s3://... KFP_HOST=... [SEEDS=1,2,3] [PARALLEL_SEEDS=N] [PARAMS="KEY=VALUE ..."] [KFP_NAMESPACE=...] [EXPERIMENT=...] [LAUNCHER=...]
 	$(PY) -m pipelines submit $(PIPELINE) $(if $(CLUSTER_IMAGE),--image $(CLUSTER_IMAGE)) \
-		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(call given,DATA),--data $(DATA)) $(SEEDS_OPTION) \
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(call given,DATA),--data $(DATA)) \
+		$(SEEDS_OPTION) $(PARALLEL_OPTION) \
 		$(foreach p,$(PARAMS),--param '$(p)') $(if $(KFP_HOST),--host $(KFP_HOST)) \
 		$(if $(KFP_NAMESPACE),--namespace $(KFP_NAMESPACE)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 

@@ -71,6 +71,11 @@ def _add_compile_options(p: argparse.ArgumentParser, launchers: Sequence[str]) -
         "AWS_ACCESS_KEY_ID=AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY=AWS_SECRET_ACCESS_KEY)",
     )  # fmt: skip
     p.add_argument(
+        "--parallel-seeds", type=int, default=0, metavar="N",
+        help="how many seeds' chains run at once (default 0: all); a ParallelFor's "
+        "parallelism is fixed when compiling",
+    )  # fmt: skip
+    p.add_argument(
         "--s3-endpoint", default=DEFAULT_S3_ENDPOINT,
         help=f"default of the s3_endpoint parameter, as seen from the pods ({DEFAULT_S3_ENDPOINT})",
     )  # fmt: skip
@@ -99,6 +104,7 @@ def _compile_options(args: argparse.Namespace) -> dict:
         "job_s3_secret": args.job_s3_secret,
         "job_s3_secret_keys": _key_mapping("--job-s3-secret-keys", args.job_s3_secret_keys),
         "s3_endpoint": args.s3_endpoint,
+        "parallel_seeds": args.parallel_seeds,
     }
 
 

@@ -148,8 +148,8 @@ def run_seeds(config_file: str | Path, arguments: Mapping[str, Any]) -> list[int
     overrides = list(arguments.get("overrides", []))
     config = load_config(config_file, overrides)
     seeds = seed_list(arguments.get("seeds", [config.train.seed]), "--param seeds={}")
-    for seed in seeds:
-        load_config(config_file, step_settings(config.data.root, 0, overrides, seed)[1:])
+    for seed in seeds:  # the settings of a train step of that seed
+        load_config(config_file, step_settings(config.data.root, 0, overrides, seed))
     return seeds
 
 
@@ -165,6 +165,7 @@ def build_pipeline(
     job_s3_secret_keys: Mapping[str, str] | None = None,
     cluster: bool = True,
     seeds: Sequence[int] | str | None = None,
+    parallel_seeds: int = 0,
 ) -> Callable:
     """The pipeline function of the benchmark config at `config_path`.
 
@@ -182,11 +183,23 @@ def build_pipeline(
     - `s3_endpoint`: default of the `s3_endpoint` parameter.
     - `cluster=False` leaves out every Kubernetes setting (for `kfp.local`).
     - `seeds`: default of the `seeds` parameter (default: `[train.seed]` of the config).
+    - `parallel_seeds`: how many seeds' chains run at once (0: all). KFP takes a
+      ParallelFor's parallelism when compiling only. On a cluster the chains' jobs ask
+      for GPUs together, and a pod that stays Unschedulable fails its step
+      (`ClusterSpec.stuck_pod_grace_seconds`): limit it to what the GPUs hold.
     """
     if launcher not in LAUNCHERS:
         raise DKDError(f"launcher {launcher!r}: expected one of {', '.join(sorted(LAUNCHERS))}")
     if not isinstance(gpus_per_pod, int) or isinstance(gpus_per_pod, bool) or gpus_per_pod < 0:
         raise DKDError(f"gpus_per_pod must be an integer >= 0, got {gpus_per_pod!r}")
+    if (
+        not isinstance(parallel_seeds, int)
+        or isinstance(parallel_seeds, bool)
+        or parallel_seeds < 0
+    ):
+        raise DKDError(
+            f"--parallel-seeds {parallel_seeds!r}: expected an integer >= 0 (0: every seed at once)"
+        )
     if image is None or (isinstance(image, str) and not image.strip()):
         if cluster:
             raise DKDError(NO_IMAGE)
@@ -271,7 +284,7 @@ def build_pipeline(
         on_cluster(split, "split")
         manifest = split.outputs["manifest"]
         # One chain of steps per seed; the split above is shared by all of them.
-        with dsl.ParallelFor(seeds) as seed:
+        with dsl.ParallelFor(seeds, parallelism=parallel_seeds) as seed:
             teacher = history = None
             for t in range(task.num_steps):
                 train = c.train_step(

@@ -670,8 +670,11 @@ def test_make_passes_seeds_to_every_run_command():
     assert "--seeds" not in make_command("demo")
     run = make_command("run", "PIPELINE=voc_15-1", "DATA=/data/VOC2012", "SEEDS=1,2,3")
     assert run[run.index("--seeds") + 1] == "1,2,3"
-    compiled = make_command("compile", "IMAGE=reg/dkd:1", "SEEDS=4,5")
+    compiled = make_command("compile", "IMAGE=reg/dkd:1", "SEEDS=4,5", "PARALLEL_SEEDS=1")
     assert compiled[compiled.index("--seeds") + 1] == "4,5"
+    assert compiled[compiled.index("--parallel-seeds") + 1] == "1"
+    submit = make_command("submit", "IMAGE=reg/dkd:1", "PARALLEL_SEEDS=2")
+    assert submit[submit.index("--parallel-seeds") + 1] == "2"
 
 
 def load_ir_text(body: bytes) -> dict:

@@ -67,6 +67,21 @@ def test_compile_seeds_set_the_parameters_default(tmp_path, capsys):
     assert parameters(other)["seeds"]["defaultValue"] == [1]  # toy.yaml's train.seed
 
 
+def test_parallel_seeds_limit_the_chains_at_once(tmp_path, capsys):
+    def loop_policy(path: Path) -> dict | None:
+        spec = next(yaml.safe_load_all(path.read_text()))
+        return spec["root"]["dag"]["tasks"]["for-loop-1"].get("iteratorPolicy")
+
+    out = tmp_path / "toy.yaml"
+    argv = ["compile", "toy", "--image", IMAGE, "--output", str(out)]
+    assert main([*argv, "--parallel-seeds", "2"]) == 0
+    assert loop_policy(out) == {"parallelismLimit": 2}
+    assert main(argv) == 0
+    assert loop_policy(out) is None  # every seed at once
+    assert main([*argv, "--parallel-seeds", "-1"]) == 2
+    assert "--parallel-seeds -1: expected an integer >= 0" in capsys.readouterr().err
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
