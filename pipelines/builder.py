@@ -283,7 +283,8 @@ def build_pipeline(
         )  # fmt: skip
         on_cluster(split, "split")
         manifest = split.outputs["manifest"]
-        # One chain of steps per seed; the split above is shared by all of them.
+        # One chain of steps per seed; the split above is shared by all of them. No `name=`:
+        # a named ParallelFor broke dsl.Collected on the v2 backend (kubeflow/pipelines#13239).
         with dsl.ParallelFor(seeds, parallelism=parallel_seeds) as seed:
             teacher = history = None
             for t in range(task.num_steps):
