@@ -46,12 +46,21 @@ def split_data(
     overrides: list,
     s3_endpoint: str,
     manifest: Output[Dataset],
+    seeds: list = [],  # noqa: B006 - KFP reads the default from the signature
 ) -> None:
-    """Per-step image lists of the run (`dkd_core split`), as the `manifest` Dataset."""
+    """Per-step image lists of the run (`dkd_core split`), as the `manifest` Dataset.
+
+    The run's `seeds` are checked here, before any chain trains: seeds typed in
+    the KFP UI have not passed the command line's checks.
+    """
     import os
 
     import yaml
 
+    from pipelines.params import seed_list
+
+    if seeds:
+        seed_list(seeds, "pipeline parameter seeds={}")
     if s3_endpoint:
         os.environ["S3_ENDPOINT"] = s3_endpoint
 
@@ -242,14 +251,11 @@ def report(
 
     from dkd_core.errors import DKDError
     from dkd_core.report import RunInput, build_report
+    from pipelines.params import seed_list
 
     if s3_endpoint:
         os.environ["S3_ENDPOINT"] = s3_endpoint
-    # A list parameter's numbers may arrive as JSON floats (1.0): the seeds are integers.
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int | float) or s != int(s)
-                        for s in seeds):  # fmt: skip
-        raise DKDError(f"seeds {seeds}: expected a list of integers, e.g. [1, 2, 3]")
-    seeds = [int(s) for s in seeds]
+    seeds = seed_list(seeds, "pipeline parameter seeds={}")
     by_seed = {}
     for artifact in histories:
         with open(artifact.path) as f:

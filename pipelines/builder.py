@@ -279,7 +279,7 @@ def build_pipeline(
     ) -> PipelineOutputs:
         split = c.split_data(
             config_yaml=config_yaml, dataset_uri=dataset_uri, overrides=overrides,
-            s3_endpoint=s3_endpoint,
+            s3_endpoint=s3_endpoint, seeds=seeds,
         )  # fmt: skip
         on_cluster(split, "split")
         manifest = split.outputs["manifest"]

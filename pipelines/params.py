@@ -87,8 +87,9 @@ SEEDS_EXAMPLE = "e.g. --seeds 1,2,3 (make ... SEEDS=1,2,3)"
 def seed_list(value: Any, option: str = "--seeds {}") -> list[int]:
     """The seeds of a run as distinct integers >= 0, in the order given.
 
-    `value` is `1,2,3` or `[1, 2, 3]` (a string, as typed) or a list of integers
-    or of integer strings (`--param seeds=1,2` parses to strings). Anything else,
+    `value` is `1,2,3` or `[1, 2, 3]` (a string, as typed) or a list of integers,
+    of integral floats (a KFP list parameter at run time) or of integer strings
+    (`--param seeds=1,2` parses to strings). Anything else,
     a repeated seed or an empty list is a `DKDError` that starts with `option`
     filled with the value as given.
     """
@@ -104,6 +105,8 @@ def seed_list(value: Any, option: str = "--seeds {}") -> list[int]:
     for item in items:
         if isinstance(item, str) and re.fullmatch(r"[+-]?\d+", item):
             item = int(item)
+        elif isinstance(item, float) and item.is_integer():
+            item = int(item)  # a KFP list parameter's numbers arrive as JSON doubles (1.0)
         if not isinstance(item, int) or isinstance(item, bool) or item < 0:
             raise DKDError(f"{where}: {item!r} is not an integer >= 0; {SEEDS_EXAMPLE}")
         if item in seeds:

@@ -31,6 +31,7 @@ IMAGE = "registry.example.org/ml/dkd:0.1.0"
         (" 7 ", [7]),
         ([2, 1], [2, 1]),
         (["3", "0"], [3, 0]),
+        ([1.0, 2.0], [1, 2]),  # a KFP list parameter at run time
     ],
 )
 def test_seed_lists(value, seeds):
@@ -195,8 +196,19 @@ def test_the_report_refuses_histories_that_do_not_match_the_seeds(tmp_path):
         run_report(tmp_path, [one], [1, 2])
     with pytest.raises(DKDError, match="two histories for seed 1"):
         run_report(tmp_path, [one, one], [1])
-    with pytest.raises(DKDError, match="expected a list of integers"):
+    with pytest.raises(DKDError, match=r"seeds=1\.5: 1\.5 is not an integer >= 0"):
         run_report(tmp_path, [one], [1.5])
+
+
+def test_the_split_refuses_bad_seeds_before_any_chain_trains(tmp_path):
+    """Seeds typed in the KFP UI skip the command line's checks: the first task checks them."""
+    manifest = SimpleNamespace(path=str(tmp_path / "manifest.json"), uri="", metadata={})
+    with pytest.raises(DKDError, match=r"^pipeline parameter seeds=1.0,1.0: seed 1 is given twice"):
+        components.split_data.python_func(
+            config_yaml="{}", dataset_uri=str(tmp_path / "none"), overrides=[],
+            s3_endpoint="", manifest=manifest, seeds=[1.0, 1.0],
+        )  # fmt: skip
+    assert not (tmp_path / "manifest.json").exists()
 
 
 # -- the local run --------------------------------------------------------------------
