@@ -26,7 +26,9 @@ from dkd_core.lease import LEASE_FILE
 from dkd_core.metrics import TrainingMetrics
 from dkd_core.resume import TrainingInterrupted
 from tests.integration.conftest import CONFIGS, interrupt_before_final_checkpoint
+from tests.s3_server import s3
 
+FIXTURES = (s3,)  # imported so that pytest finds the fixture in this module
 pytestmark = pytest.mark.integration
 
 BATCH, MICRO = 4, 2  # two micro-batches per update
@@ -181,14 +183,21 @@ def observed(call, config, step_folder: Path, patch_remote: bool = False) -> tup
     return seen, result
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """A model this small trains several times faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     from dkd_core.data import make_toy_dataset
 
     root = tmp_path_factory.mktemp("tiny") / "data"
     make_toy_dataset(root, classes=6, images=36, size=32, seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DKD_CACHE", str(tmp_path_factory.mktemp("cache")))
         env.delenv("DKD_RUN_ID", raising=False)
@@ -217,7 +226,6 @@ def runs(tmp_path_factory):
         b2 = observed(seeded(3, 0), config_b, out_b / "step_0")
         again = observed(train(0), config_a, out_a / "step_0")
         c = observed(train(1), config_a, out_a / "step_1")
-    torch.set_num_threads(threads)
     return {
         "root": root, "out_a": out_a, "out_b": out_b, "config_a": config_a, "a": a, "b1": b1,
         "b1_periodic": b1_periodic, "b1_log": b1_log, "b2": b2, "again": again, "c": c,
@@ -393,3 +401,57 @@ def test_no_process_group_is_left_behind(runs, tmp_path, monkeypatch):
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def test_a_step_writes_its_checkpoints_log_and_metrics_into_s3(runs, tmp_path, s3, monkeypatch):
+    from dkd_core.storage import checkpoint_complete, open_store
+
+    monkeypatch.setenv("DKD_CACHE", str(tmp_path / "cache"))
+    run = s3.uri("run")
+    extra = ("train.max_iterations=2", "train.checkpoint_every=1", "train.log_every=1")
+    config = load_config(CONFIGS / "toy.yaml", settings(runs["root"], run, *extra))
+    interrupt_before_final_checkpoint(monkeypatch, config)
+    store = open_store(run)
+    assert checkpoint_complete(s3.uri("run/step_0/periodic/iter_00000001"))
+    assert store.read_text(s3.uri("run/step_0/train_log.jsonl")).count("\n") == 1
+    checkpoint = train_module.train_step(config, 0)
+    assert checkpoint == s3.uri("run/step_0/checkpoint") and checkpoint_complete(checkpoint)
+    assert store.read_text(s3.uri("run/step_0/train_log.jsonl")).count("\n") == 2
+    assert store.exists(s3.uri("run/step_0/eval/metrics.json"))
+    assert not store.list(s3.uri("run/step_0/periodic"))
+
+
+def test_with_ddp_only_the_last_micro_batch_synchronises(runs, tmp_path, monkeypatch):
+    """DDP all-reduces gradients in a backward outside `no_sync`: the last micro-batch's only.
+
+    One process (a gloo group of one) shows which backward would synchronise.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    monkeypatch.setenv("DKD_CACHE", str(tmp_path / "cache"))
+    config = load_config(
+        CONFIGS / "toy.yaml", settings(runs["root"], tmp_path, "train.max_iterations=2")
+    )
+    synchronised: list[bool] = []
+    nets = []
+    real_losses = train_module.dkd_losses
+
+    def prepare(model, info):
+        nets.append(DistributedDataParallel(model))
+        return nets[-1]
+
+    def losses(*args):
+        synchronised.append(nets[-1].require_backward_grad_sync)  # set by no_sync for the backward
+        return real_losses(*args)
+
+    monkeypatch.setattr(train_module.distributed, "prepare_model", prepare)
+    monkeypatch.setattr(train_module, "dkd_losses", losses)
+    torch.distributed.init_process_group(
+        "gloo", store=torch.distributed.HashStore(), rank=0, world_size=1
+    )
+    try:
+        train_module.train_step(config, 0)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert synchronised == [False, True, False, True]

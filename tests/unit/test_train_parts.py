@@ -159,6 +159,8 @@ def _periodic(tmp_path):
     uris = []
     for iteration in (1, 2, 3):
         _train(model, optimizer, scheduler)
+        # A state name with a dot (none of SGD's has one) is restored whole.
+        optimizer.state[model.aux_head.bias]["ema.value"] = torch.full((1,), float(iteration))
         uris.append(
             train_module._save_periodic(
                 where, model, optimizer, scheduler, scaler, iteration, base_meta, CPU, metrics
@@ -218,6 +220,9 @@ def test_a_restored_periodic_checkpoint_continues_exactly(periodic):
     assert [g["lr"] for g in fresh_optimizer.param_groups] == [
         g["lr"] for g in optimizer.param_groups
     ]
+    assert torch.equal(
+        fresh_optimizer.state[fresh.aux_head.bias]["ema.value"], torch.full((1,), 3.0)
+    )
     for group, fresh_group in zip(
         optimizer.param_groups, fresh_optimizer.param_groups, strict=True
     ):
