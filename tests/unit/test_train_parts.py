@@ -442,3 +442,12 @@ def test_replicas_that_agree_pass_and_diverged_ones_are_an_error(monkeypatch):
     three = DistInfo(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"))
     monkeypatch.setattr(torch.distributed, "all_gather", Gather([0.0, 0.0, 0.0]))
     train_module._check_replicas_agree(model, three)
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+
+def test_a_warm_up_of_no_iterations_is_plain_poly():
+    config = load_config(None, ["optim.schedule=warmup_poly", "optim.warmup_fraction=0"])
+    assert train_module.lr_factor(config, 0, 100) == 1.0
+    assert train_module.lr_factor(config, 50, 100) == pytest.approx(0.5**0.9, rel=1e-12)
