@@ -26,6 +26,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/train.py --sample 40 --seed 3
     python tools/mutate.py --module dkd_core/losses.py --list
     python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n"
+    python tools/mutate.py --module dkd_core/train.py --start 35   # continue at [35/...]
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
 repository itself is never modified (the copy lives in a temporary folder).
@@ -488,6 +489,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
         chosen = sorted(random.Random(args.seed).sample(range(len(mutants)), args.sample))
     else:
         chosen = list(range(len(mutants)))
+    offset = max(0, args.start - 1)  # the numbering stays that of the whole list, [n/total]
     if args.list:
         for i in chosen:
             m = mutants[i]
@@ -501,7 +503,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
           f"{' / '.join(f'{t:.0f}' for t in timeouts)} s", flush=True)  # fmt: skip
     results = []
     try:
-        for n, i in enumerate(chosen, 1):
+        for n, i in enumerate(chosen[offset:], offset + 1):
             m = mutants[i]
             reason = equivalents.get(f"{module} | {m.key}")
             if reason is not None:
@@ -530,8 +532,9 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     relevant = counts["killed"] + counts["timeout"] + counts["survived"]
     rate = (counts["killed"] + counts["timeout"]) / relevant if relevant else 1.0
     summary = {
-        "module": module, "mutants_total": len(mutants), "mutants_run": len(chosen),
-        "sampled": len(chosen) < len(mutants), "seed": args.seed, "match": args.match, **counts,
+        "module": module, "mutants_total": len(mutants), "mutants_run": len(results),
+        "sampled": len(results) < len(mutants), "seed": args.seed, "match": args.match,
+        "start": args.start, **counts,
         "kill_rate_non_equivalent": rate,
         "survivors": [asdict(m) for m in results if m.status == "survived"],
         "mutants": [asdict(m) for m in results],
@@ -552,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--match", help="run only the mutants whose key contains this text")
+    parser.add_argument("--start", type=int, default=1,
+                        help="begin at the N-th chosen mutant (continue a stopped sweep)")  # fmt: skip
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

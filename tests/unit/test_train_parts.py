@@ -232,6 +232,50 @@ def test_a_restored_periodic_checkpoint_continues_exactly(periodic):
             )
 
 
+FAKE_CUDA_RNG = torch.arange(16, dtype=torch.uint8)
+
+
+def _save_and_restore(tmp_path, monkeypatch, saved_on_cuda: bool, restored_on_cuda: bool):
+    """One periodic checkpoint written and read back as on a machine with or without CUDA
+    (torch.cuda stood in for); returns the CUDA RNG states the restore set."""
+    config = toy()
+    where = StepLocations.of_run(str(tmp_path / "run"), 0)
+    model = DeepLabV3((4,), "tiny", 8, 16)
+    optimizer, scheduler = _optimiser(model)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: saved_on_cuda)
+        patch.setattr(torch.cuda, "get_rng_state", lambda: FAKE_CUDA_RNG.clone())
+        uri = train_module._save_periodic(
+            where, model, optimizer, scheduler, scaler, 1, {"config": config_to_dict(config)},
+            CPU, RecordingMetrics(),
+        )  # fmt: skip
+    restored = []
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: restored_on_cuda)
+        patch.setattr(torch.cuda, "set_rng_state", restored.append)
+        directory = Path(uri)
+        iteration = train_module._restore_training_state(
+            directory, read_meta(directory), optimizer, scheduler, scaler, torch.device("cpu")
+        )
+    assert iteration == 1
+    return restored
+
+
+def test_the_cuda_rng_state_is_restored_on_a_cuda_machine(tmp_path, monkeypatch):
+    (state,) = _save_and_restore(tmp_path, monkeypatch, saved_on_cuda=True, restored_on_cuda=True)
+    assert torch.equal(state, FAKE_CUDA_RNG)
+
+
+@pytest.mark.parametrize("saved_on_cuda", [False, True])
+def test_a_checkpoint_moves_between_cpu_and_cuda_machines(tmp_path, monkeypatch, saved_on_cuda):
+    """Written without CUDA and resumed with it, or the other way round: no CUDA RNG state."""
+    restored = _save_and_restore(
+        tmp_path, monkeypatch, saved_on_cuda=saved_on_cuda, restored_on_cuda=not saved_on_cuda
+    )
+    assert restored == []
+
+
 def test_a_training_state_that_does_not_fit_is_a_clear_error(periodic):
     _, _, _, _, _, uris, _ = periodic
     directory = Path(uris[-1])
