@@ -26,7 +26,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/train.py --sample 40 --seed 3
     python tools/mutate.py --module dkd_core/losses.py --list
     python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n"
-    python tools/mutate.py --module dkd_core/train.py --start 35   # continue at [35/...]
+    python tools/mutate.py --module dkd_core/train.py --start 35   # continue at mutant #35
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
 repository itself is never modified (the copy lives in a temporary folder).
@@ -476,20 +476,22 @@ def baseline(workdir: Path, module: str, stages: list[list[str]]) -> list[float]
 # A stage's timeout: this many times its unmodified run, and never under the floor (the
 # machine's load varies between the baseline and a mutant's run).
 TIMEOUT_FACTOR = 4.0
-TIMEOUT_FLOOR_SECONDS = 60.0
+TIMEOUT_FLOOR_SECONDS = 150.0
 
 
 def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path) -> dict:
     path = workdir / module
     original = path.read_text()
     _, mutants, _ = find_mutants(original)
+    # --start continues a stopped sweep: only mutants from the N-th of the walk on are
+    # candidates (and --sample draws from them).
+    candidates = list(range(max(0, args.start - 1), len(mutants)))
     if args.match:
-        chosen = [i for i, m in enumerate(mutants) if args.match in m.key]
-    elif args.sample and args.sample < len(mutants):
-        chosen = sorted(random.Random(args.seed).sample(range(len(mutants)), args.sample))
+        chosen = [i for i in candidates if args.match in mutants[i].key]
+    elif args.sample and args.sample < len(candidates):
+        chosen = sorted(random.Random(args.seed).sample(candidates, args.sample))
     else:
-        chosen = list(range(len(mutants)))
-    offset = max(0, args.start - 1)  # the numbering stays that of the whole list, [n/total]
+        chosen = candidates
     if args.list:
         for i in chosen:
             m = mutants[i]
@@ -503,7 +505,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
           f"{' / '.join(f'{t:.0f}' for t in timeouts)} s", flush=True)  # fmt: skip
     results = []
     try:
-        for n, i in enumerate(chosen[offset:], offset + 1):
+        for n, i in enumerate(chosen, 1):
             m = mutants[i]
             reason = equivalents.get(f"{module} | {m.key}")
             if reason is not None:
@@ -523,7 +525,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
             mark = {"killed": " ", "timeout": "T", "survived": "S", "equivalent": "E",
                     "cpu-only": "C"}  # fmt: skip
             where = f" stage {m.stage} {m.seconds:.0f}s" if m.stage >= 0 else f" {m.seconds:.0f}s"
-            print(f"[{n}/{len(chosen)}] {mark.get(m.status, '?')} {module}:{m.line} "
+            print(f"[{n}/{len(chosen)}] #{i + 1} {mark.get(m.status, '?')} {module}:{m.line} "
                   f"[{m.function}] {m.description}  ({m.snippet}){where}", flush=True)  # fmt: skip
     finally:
         path.write_text(original)
@@ -533,7 +535,8 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     rate = (counts["killed"] + counts["timeout"]) / relevant if relevant else 1.0
     summary = {
         "module": module, "mutants_total": len(mutants), "mutants_run": len(results),
-        "sampled": len(results) < len(mutants), "seed": args.seed, "match": args.match,
+        "sampled": bool(args.sample) and len(chosen) < len(candidates), "seed": args.seed,
+        "match": args.match,
         "start": args.start, **counts,
         "kill_rate_non_equivalent": rate,
         "survivors": [asdict(m) for m in results if m.status == "survived"],
@@ -556,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--match", help="run only the mutants whose key contains this text")
     parser.add_argument("--start", type=int, default=1,
-                        help="begin at the N-th chosen mutant (continue a stopped sweep)")  # fmt: skip
+                        help="only mutants from the N-th of the walk on (continue a stopped sweep)")  # fmt: skip
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
