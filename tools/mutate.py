@@ -487,7 +487,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     # candidates (and --sample draws from them).
     candidates = list(range(max(0, args.start - 1), len(mutants)))
     if args.match:
-        chosen = [i for i in candidates if args.match in mutants[i].key]
+        chosen = [i for i in candidates if any(text in mutants[i].key for text in args.match)]
     elif args.sample and args.sample < len(candidates):
         chosen = sorted(random.Random(args.seed).sample(candidates, args.sample))
     else:
@@ -557,7 +557,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
-    parser.add_argument("--match", help="run only the mutants whose key contains this text")
+    parser.add_argument("--match", action="append",
+                        help="run only the mutants whose key contains this text (repeatable)")  # fmt: skip
     parser.add_argument("--start", type=int, default=1,
                         help="only mutants from the N-th of the walk on (continue a stopped sweep)")  # fmt: skip
     args = parser.parse_args(argv)
