@@ -455,3 +455,23 @@ def test_with_ddp_only_the_last_micro_batch_synchronises(runs, tmp_path, monkeyp
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     assert synchronised == [False, True, False, True]
+
+
+def test_a_teacher_given_explicitly_is_the_one_used(runs, tmp_path, monkeypatch):
+    """As a pipeline passes it: step 1 of a run whose output holds no step 0."""
+    monkeypatch.setenv("DKD_CACHE", str(tmp_path / "cache"))
+    teacher = str(runs["out_a"] / "step_0" / "checkpoint")
+    config = load_config(
+        CONFIGS / "toy.yaml", settings(runs["root"], tmp_path, "train.max_iterations=1")
+    )
+    seen = Seen()
+    with monkeypatch.context() as patch:
+        instrument(patch, seen, tmp_path / "step_1")
+        patch.setattr(train_module, "evaluate_model", _interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train_step(config, 1, teacher=teacher)
+    assert [c["iteration"] for c in seen.named("observe_iteration")] == [1]
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
