@@ -26,6 +26,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/train.py --sample 40 --seed 3
     python tools/mutate.py --module dkd_core/losses.py --list
     python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n"
+    python tools/mutate.py --module dkd_core/train.py --start 35   # continue at mutant #35
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
 repository itself is never modified (the copy lives in a temporary folder).
@@ -86,7 +87,8 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/unit/test_spec_rules.py", "tests/unit/test_memory.py"],
     ],
     "dkd_core/train.py": [
-        ["tests/unit/test_spec_rules.py"],
+        ["tests/unit/test_train_parts.py", "tests/unit/test_spec_rules.py"],
+        ["tests/integration/test_train_loop.py"],
         ["tests/integration/test_train_rules.py"],
         ["tests/integration/test_train.py"],
     ],
@@ -121,6 +123,7 @@ class Mutant:
     key: str = ""
     status: str = ""  # killed | survived | timeout | equivalent | error
     seconds: float = 0.0
+    stage: int = -1  # the stage of MODULE_TESTS whose failure (or timeout) ended it
 
     def __post_init__(self) -> None:
         self.key = f"{self.function}: {self.snippet} :: {self.description}"
@@ -428,16 +431,23 @@ def _own_group(pid: int) -> bool:
         return False
 
 
-def run_tests(workdir: Path, stages: list[list[str]], timeout: float) -> tuple[str, float]:
-    """'killed', 'survived' or 'timeout' after running the stages in order (stop at a failure)."""
+def run_tests(
+    workdir: Path, stages: list[list[str]], timeouts: list[float]
+) -> tuple[str, float, int]:
+    """('killed' | 'survived' | 'timeout', seconds, the stage that ended it: -1 if none).
+
+    The stages run in order and stop at the first failure; each has its own timeout,
+    so a mutant that hangs (a loop that never ends) costs a few times that stage's
+    normal run, not the whole suite's.
+    """
     started = time.perf_counter()
-    for tests in stages:
+    for n, (tests, timeout) in enumerate(zip(stages, timeouts, strict=True)):
         code = _forked_pytest(workdir, ["-m", "not kind", *tests], timeout)
         if code is None:
-            return "timeout", time.perf_counter() - started
+            return "timeout", time.perf_counter() - started, n
         if code != 0:
-            return "killed", time.perf_counter() - started
-    return "survived", time.perf_counter() - started
+            return "killed", time.perf_counter() - started, n
+    return "survived", time.perf_counter() - started, -1
 
 
 def _imports_the_copy(workdir: Path) -> bool:
@@ -450,25 +460,38 @@ def _imports_the_copy(workdir: Path) -> bool:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
-def baseline(workdir: Path, module: str, stages: list[list[str]]) -> float:
+def baseline(workdir: Path, module: str, stages: list[list[str]]) -> list[float]:
+    """Seconds each stage takes on the unmodified code (all must pass)."""
     if not _imports_the_copy(workdir):
         sys.exit(f"tests would not import the copy in {workdir}")
-    status, seconds = run_tests(workdir, stages, timeout=1800)
-    if status != "survived":
-        sys.exit(f"{module}: its tests fail on the unmodified code; fix them first")
+    seconds = []
+    for tests in stages:
+        status, took, _ = run_tests(workdir, [tests], [1800.0])
+        if status != "survived":
+            sys.exit(f"{module}: its tests fail on the unmodified code; fix them first")
+        seconds.append(took)
     return seconds
+
+
+# A stage's timeout: this many times its unmodified run, and never under the floor (the
+# machine's load varies between the baseline and a mutant's run).
+TIMEOUT_FACTOR = 4.0
+TIMEOUT_FLOOR_SECONDS = 150.0
 
 
 def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path) -> dict:
     path = workdir / module
     original = path.read_text()
     _, mutants, _ = find_mutants(original)
+    # --start continues a stopped sweep: only mutants from the N-th of the walk on are
+    # candidates (and --sample draws from them).
+    candidates = list(range(max(0, args.start - 1), len(mutants)))
     if args.match:
-        chosen = [i for i, m in enumerate(mutants) if args.match in m.key]
-    elif args.sample and args.sample < len(mutants):
-        chosen = sorted(random.Random(args.seed).sample(range(len(mutants)), args.sample))
+        chosen = [i for i in candidates if any(text in mutants[i].key for text in args.match)]
+    elif args.sample and args.sample < len(candidates):
+        chosen = sorted(random.Random(args.seed).sample(candidates, args.sample))
     else:
-        chosen = list(range(len(mutants)))
+        chosen = candidates
     if args.list:
         for i in chosen:
             m = mutants[i]
@@ -476,9 +499,10 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
         return {}
     stages = MODULE_TESTS[module]
     base = baseline(workdir, module, stages)
-    timeout = max(60.0, 3 * base)
-    print(f"== {module}: {len(chosen)} of {len(mutants)} mutants; tests take {base:.0f} s "
-          f"unmodified, timeout {timeout:.0f} s", flush=True)  # fmt: skip
+    timeouts = [max(TIMEOUT_FLOOR_SECONDS, TIMEOUT_FACTOR * b) for b in base]
+    print(f"== {module}: {len(chosen)} of {len(mutants)} mutants; stages take "
+          f"{' + '.join(f'{b:.0f}' for b in base)} s unmodified, timeouts "
+          f"{' / '.join(f'{t:.0f}' for t in timeouts)} s", flush=True)  # fmt: skip
     results = []
     try:
         for n, i in enumerate(chosen, 1):
@@ -494,14 +518,15 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
                 except SyntaxError:  # pragma: no cover - unparse output always parses
                     m.status = "error"
                 else:
-                    m.status, m.seconds = run_tests(workdir, stages, timeout)
+                    m.status, m.seconds, m.stage = run_tests(workdir, stages, timeouts)
                 finally:
                     path.write_text(original)
             results.append(m)
             mark = {"killed": " ", "timeout": "T", "survived": "S", "equivalent": "E",
                     "cpu-only": "C"}  # fmt: skip
-            print(f"[{n}/{len(chosen)}] {mark.get(m.status, '?')} {module}:{m.line} "
-                  f"[{m.function}] {m.description}  ({m.snippet})", flush=True)  # fmt: skip
+            where = f" stage {m.stage} {m.seconds:.0f}s" if m.stage >= 0 else f" {m.seconds:.0f}s"
+            print(f"[{n}/{len(chosen)}] #{i + 1} {mark.get(m.status, '?')} {module}:{m.line} "
+                  f"[{m.function}] {m.description}  ({m.snippet}){where}", flush=True)  # fmt: skip
     finally:
         path.write_text(original)
     counts = {s: sum(m.status == s for m in results) for s in
@@ -509,8 +534,10 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     relevant = counts["killed"] + counts["timeout"] + counts["survived"]
     rate = (counts["killed"] + counts["timeout"]) / relevant if relevant else 1.0
     summary = {
-        "module": module, "mutants_total": len(mutants), "mutants_run": len(chosen),
-        "sampled": len(chosen) < len(mutants), "seed": args.seed, "match": args.match, **counts,
+        "module": module, "mutants_total": len(mutants), "mutants_run": len(results),
+        "sampled": bool(args.sample) and len(chosen) < len(candidates), "seed": args.seed,
+        "match": args.match,
+        "start": args.start, **counts,
         "kill_rate_non_equivalent": rate,
         "survivors": [asdict(m) for m in results if m.status == "survived"],
         "mutants": [asdict(m) for m in results],
@@ -530,7 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
-    parser.add_argument("--match", help="run only the mutants whose key contains this text")
+    parser.add_argument("--match", action="append",
+                        help="run only the mutants whose key contains this text (repeatable)")  # fmt: skip
+    parser.add_argument("--start", type=int, default=1,
+                        help="only mutants from the N-th of the walk on (continue a stopped sweep)")  # fmt: skip
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

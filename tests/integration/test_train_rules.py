@@ -282,3 +282,9 @@ def test_each_update_uses_only_its_own_gradient_in_fp32_on_cpu(run):
         for it in seen.iterations:
             assert it["logits_dtype"] == torch.float32  # autocast is for CUDA only
             torch.testing.assert_close(it["grad_at_step"], it["own_grad"], rtol=1e-5, atol=1e-7)
+
+
+def test_step1_without_memory_replays_nothing(run):
+    config, output, _, _ = run
+    assert config.data.memory_size == 0
+    assert not (output / "step_1" / "memory.json").exists()
