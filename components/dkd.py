@@ -162,6 +162,7 @@ def evaluate(
     history_out: Output[Artifact],
     history_in: Input[Artifact] = None,
     recompute: bool = False,
+    samples: int = 6,
 ) -> None:
     """Test metrics of a step's checkpoint (`dkd_core evaluate`), for the Kubeflow UI.
 
@@ -169,6 +170,10 @@ def evaluate(
     split (eval/metrics.json beside it); that result is shown unless
     `recompute`. `history_out` is `history_in`'s JSON list of step metrics plus
     this step's: chained from step to step, it gives the report every step.
+    It also predicts `samples` fixed test images (`dkd_core.samples`, the same
+    images at every step; 0: none) into eval/samples/ beside the checkpoint, for
+    the report's qualitative figure; on CPU, a few seconds per image. The
+    default is `dkd_core.samples.DEFAULT_COUNT`.
     """
     import json
     import os
@@ -198,6 +203,13 @@ def evaluate(
     )
     with open(per_class.path, "w") as f:
         f.write(f"IoU (%) per class (* = added after step 0)\n\n| class | IoU |\n|---|---|\n{rows}")
+    if samples > 0:
+        from dkd_core.samples import INDEX_FILE, samples_folder, write_samples
+
+        index = join(samples_folder(model.uri), INDEX_FILE)
+        if recompute or not open_store(index).exists(index):
+            folder = write_samples(model.uri, manifest.uri, samples)
+            print(f"{samples} sample predictions in {folder}")
     history = []
     if history_in is not None:
         with open(history_in.path) as f:
