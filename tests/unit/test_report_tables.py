@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -150,3 +151,50 @@ def test_cli_label_errors(tmp_path, capsys):
     assert "expected RUN=NAME" in capsys.readouterr().err
     assert main(["report"]) == 2
     assert "give --run and/or --history" in capsys.readouterr().err
+
+
+def test_toy_forgetting_benchmark_reports_its_runs_as_a_comparison(tmp_path, monkeypatch):
+    """The benchmark's runs share step 0 per seed; each method x seed is one report run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "toy_forgetting", Path(__file__).parents[2] / "benchmarks" / "toy_forgetting.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # The checkpoints below hold only what the benchmark reads: their metrics.
+    monkeypatch.setattr(
+        bench, "read_meta", lambda uri: json.loads(Path(uri, "meta.json").read_text())
+    )
+
+    def checkpoint(name, metrics):
+        folder = tmp_path / name / "checkpoint"
+        folder.mkdir(parents=True)
+        (folder / "meta.json").write_text(
+            json.dumps(
+                {
+                    "metrics": metrics,
+                    "weights": {"file": "model.safetensors", "sha256": "0" * 64, "bytes": 1},
+                }
+            )
+        )
+        return str(folder)
+
+    checkpoints = {}
+    for method, forgetting in (("fine-tuning", 30.0), ("DKD", 5.0)):
+        for seed in (1, 2):
+            steps = [step_metrics([2, 1], t, seed, forgetting) for t in range(2)]
+            shared = checkpoint(f"base{seed}-{method}", steps[0])
+            checkpoints.setdefault(method, {})[seed] = [
+                shared, checkpoint(f"{method}{seed}", steps[1])
+            ]  # fmt: skip
+    runs = bench.comparison_runs(checkpoints)
+    assert [(r.method, r.seed) for r in runs] == [
+        ("fine-tuning", 1), ("fine-tuning", 2), ("DKD", 1), ("DKD", 2),
+    ]  # fmt: skip
+    assert runs[0].steps[1]["checkpoint"] == checkpoints["fine-tuning"][1][1]
+    files = build_report(runs, tmp_path / "report")
+    summary = json.loads(files.summary.read_text())
+    assert summary["forgetting"]["fine-tuning"][1]["forgetting"] == 30.0
+    assert summary["forgetting"]["DKD"][1]["forgetting"] == 5.0
+    assert "fine-tuning: 2 seeds (1, 2)" in files.markdown.read_text()
