@@ -116,6 +116,7 @@ class TrainingAttempt:
     clock: float
     meta_before: bytes | None
     resumed_from: int
+    revision: str | None  # the code that started, not what the checkout holds at the end
 
     @classmethod
     def begin(cls, checkpoint: str, periodic: str) -> TrainingAttempt:
@@ -127,7 +128,9 @@ class TrainingAttempt:
             meta = open_store(latest).read_json(join(latest, "meta.json"))
             resumed_from = int(meta.get("training", {}).get("iteration", 0))
         meta_before = _read_or_none(join(checkpoint, "meta.json"))
-        return cls(checkpoint, utc_now(), time.monotonic(), meta_before, resumed_from)
+        return cls(
+            checkpoint, utc_now(), time.monotonic(), meta_before, resumed_from, git_revision()
+        )
 
     def finish(self, batch_size: int, train_log: str, restarted: bool = False) -> str | None:
         """Write provenance.json when this attempt trained the step; its URI, or None
@@ -147,7 +150,7 @@ class TrainingAttempt:
             "last_logged_iteration": last,
             "images_per_second": round(images / wall, 3) if images and wall > 0 else None,
             "batch_size": batch_size,
-            "git_revision": git_revision(),
+            "git_revision": self.revision,
             "hardware": hardware(),
         }
         uri = provenance_beside(self.checkpoint)

@@ -144,6 +144,7 @@ def test_training_attempt_records_wall_time_throughput_and_hardware(tmp_path, mo
     clock = iter([100.0, 110.0])  # begin, finish: 10 s
     monkeypatch.setattr(provenance.time, "monotonic", lambda: next(clock))
     attempt = provenance.TrainingAttempt.begin(str(checkpoint), str(periodic))
+    monkeypatch.setenv(provenance.REVISION_ENV, "changed-while-training")
     checkpoint.mkdir(parents=True)
     (checkpoint / "meta.json").write_text('{"weights": {}}')
     log.write_text('{"iteration": 10, "lr": 0.1}\n{"iteration": 20, "lr": 0.05}\n')
