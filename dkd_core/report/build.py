@@ -258,7 +258,7 @@ class _Report:
         ]  # fmt: skip
         means = [sum(r["forgetting"] for r in rows[m]) / len(rows[m]) for m in methods_]
         body.append(["mean", ""] + [""] * len(methods_) + [_fmt(v) for v in means])
-        s.add(Table(header, body, left=(0,)))
+        s.add(Table(header, body, caption="Forgetting per class (IoU points)", left=(0,)))
         return s
 
     def training_section(self) -> Section:
@@ -332,26 +332,33 @@ class _Report:
     def provenance_section(self) -> Section:
         s = Section("Provenance", anchor="provenance")
         s.add(Text(f"Report written {utc_now()} by revision {git_revision() or 'unknown'}."))
-        header = ["run", "step", "seed", "checkpoint", "model sha256", "trained with",
-                  "finished (UTC)", "hardware"]  # fmt: skip
-        body, summary = [], []
+        checkpoints, trained, summary = [], [], []
         for run in self.runs:
             for st in self.facts[id(run)].steps:
                 meta = st.meta or {}
                 p = st.provenance or {}
                 sha = (meta.get("weights") or {}).get("sha256")
-                row = {"run": run.label, "step": st.step, "seed": run.seed,
-                       "checkpoint": st.checkpoint, "model_sha256": sha,
-                       "git_revision": p.get("git_revision"), "finished": p.get("finished"),
-                       "wall_seconds": p.get("wall_seconds"), "hardware": p.get("hardware")}  # fmt: skip
-                summary.append(row)
-                body.append([
+                summary.append({
+                    "run": run.label, "step": st.step, "seed": run.seed,
+                    "checkpoint": st.checkpoint, "model_sha256": sha,
+                    "git_revision": p.get("git_revision"), "started": p.get("started"),
+                    "finished": p.get("finished"), "wall_seconds": p.get("wall_seconds"),
+                    "hardware": p.get("hardware"),
+                })  # fmt: skip
+                checkpoints.append([run.label, str(st.step), st.checkpoint or "–", sha or "–"])
+                wall = p.get("wall_seconds")
+                trained.append([
                     run.label, str(st.step), str(run.seed if run.seed is not None else "–"),
-                    st.checkpoint or "–", sha or "–", p.get("git_revision") or "–",
-                    p.get("finished") or "–", tables.hardware_summary(p.get("hardware")),
+                    p.get("finished") or "–", "–" if wall is None else f"{wall:.0f} s",
+                    p.get("git_revision") or "–", tables.hardware_summary(p.get("hardware")),
                 ])  # fmt: skip
         self.summary["provenance"] = summary
-        s.add(Table(header, body, left=tuple(range(8))))
+        s.add(Table(["run", "step", "checkpoint", "model.safetensors sha256"], checkpoints,
+                    caption="Checkpoints (sha256 as recorded in meta.json)",
+                    left=(0, 2, 3)))  # fmt: skip
+        s.add(Table(["run", "step", "seed", "finished (UTC)", "wall time", "git revision",
+                     "hardware"], trained, caption="Training (provenance.json)",
+                    left=(0, 3, 5, 6)))  # fmt: skip
         for _method, group in self.groups.items():
             steps = self.facts[id(group[0])].steps
             configs = [(st.meta or {}).get("config") for st in steps]
@@ -364,6 +371,8 @@ class _Report:
                                                        c["changed"].items()) or "none")
                     for c in changes
                 )  # fmt: skip
+                if changes and not any(c["changed"] for c in changes):
+                    text = "identical in every step"
                 if text:
                     s.add(Text(f"{group[0].label}, config of later steps against step 0: {text}"))
         return s

@@ -15,6 +15,8 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+FOLD_ROWS = 40
+
 
 @dataclass(frozen=True)
 class Text:
@@ -28,6 +30,11 @@ class Table:
     caption: str = ""
     #: Columns (by index) left-aligned; the others (numbers) are right-aligned.
     left: tuple[int, ...] = (0,)
+
+    @property
+    def folded(self) -> bool:
+        """Long tables (150 ADE20K classes) are folded in HTML, behind their caption."""
+        return len(self.rows) > FOLD_ROWS
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,8 @@ h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:36px 0 10px;padding-bo
 border-bottom:1px solid #d8dde6}p{margin:8px 0}
 nav{margin:10px 0 18px;font-size:13px}nav a{margin-right:14px;color:#2d5fa8;text-decoration:none}
 table{border-collapse:collapse;margin:10px 0 6px;font-size:13px;font-variant-numeric:tabular-nums}
-th,td{padding:4px 10px;border-bottom:1px solid #e6e9ef;text-align:right;vertical-align:top}
+th,td{padding:4px 10px;border-bottom:1px solid #e6e9ef;text-align:right;vertical-align:top;
+overflow-wrap:anywhere}.wide{overflow-x:auto}
 th{background:#f3f5f8;font-weight:600;border-bottom:2px solid #cfd5df}
 td.l,th.l{text-align:left}tr:hover td{background:#fafbfc}
 caption{caption-side:top;text-align:left;font-size:13px;color:#4a5263;padding:2px 0 6px}
@@ -129,7 +137,14 @@ def to_html(title: str, intro: str, sections: list[Section]) -> str:
                     for row in block.rows
                 )  # fmt: skip
                 caption = f"<caption>{e(block.caption)}</caption>" if block.caption else ""
-                body.append(f"<table>{caption}<thead><tr>{head}</tr></thead>{rows}</table>")
+                table = (
+                    f'<div class="wide"><table>{caption}<thead><tr>{head}</tr></thead>{rows}'
+                    "</table></div>"
+                )
+                if block.folded:
+                    label = f"{block.caption or 'table'} ({len(block.rows)} rows)"
+                    table = f"<details><summary>{e(label)}</summary>{table}</details>"
+                body.append(table)
             elif isinstance(block, Figure):
                 body.append(
                     f"<figure>{_embed(block.path, block.caption)}"

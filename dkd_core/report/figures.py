@@ -89,6 +89,7 @@ def steps_figure(
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
+    labels.sort(key=lambda lab: lab.startswith("authors'"))  # ours first, in method order
     fig.legend([handles[lab] for lab in labels], labels, loc="lower center",
                ncol=min(6, len(labels)), fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, -0.02))  # fmt: skip
@@ -110,7 +111,8 @@ def heatmap_figure(
     rows = len(panels[0])
     annotate = classes <= ANNOTATE_UP_TO and steps <= 12
     label_width = 0.09 * max(len(n) for n in names) + 0.5
-    width = len(panels) * (label_width + 0.42 * steps + 0.25) + 1.2
+    cell = min(0.9, max(0.42, 4.0 / steps))  # inches per step column: wide for few steps
+    width = len(panels) * (label_width + cell * steps + 0.25) + 1.2
     height = 0.22 * rows + 1.6
     fig, axes = plt.subplots(
         1, len(panels), figsize=size(width, height), squeeze=False, layout="constrained"
@@ -178,10 +180,12 @@ def forgetting_figure(rows_by_method: Mapping[str, list[dict]], path: Path) -> P
         ax.set_xlabel("forgetting (IoU points)")
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("IoU when learned minus IoU after the last step (> 0: forgotten)", fontsize=11)
-    if m > 1:
+    top = 1.0
+    if m > 1:  # the methods' legend between the title and the panels
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=m,
                    fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.985))  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 0.985 - 0.35 / fig.get_size_inches()[1]))
+        top = 0.985 - 0.35 / fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, 0, 1, top))
     return _save(fig, path)
 
 
@@ -195,7 +199,11 @@ def loss_figure(logs_by_method: Mapping[str, Sequence[Sequence[dict] | None]], p
             for k in log[0] if log else {}:
                 if k not in ("iteration", "lr") and k not in terms:
                     terms.append(k)
-    colours = {t: plt.get_cmap("tab10").colors[i % 10] for i, t in enumerate(terms)}
+    # The total in black, drawn thicker; each term in its own colour.
+    others = [t for t in terms if t != "total"]
+    colours = {t: plt.get_cmap("tab10").colors[i % 10] for i, t in enumerate(others)}
+    colours["total"] = "black"
+    terms = (["total"] if "total" in terms else []) + others
     fig, (ax_loss, ax_lr) = plt.subplots(
         2, 1, figsize=(12, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
     )
@@ -212,8 +220,9 @@ def loss_figure(logs_by_method: Mapping[str, Sequence[Sequence[dict] | None]], p
                 y = [r.get(term) for r in log]
                 if any(v is not None for v in y):
                     y = np.array([np.nan if v is None else max(v, 1e-6) for v in y])
-                    ax_loss.plot(x, y, styles[i % 4], color=colours[term], lw=1.1)
-            ax_lr.plot(x, [r.get("lr") for r in log], styles[i % 4], color="black", lw=1.1)
+                    ax_loss.plot(x, y, styles[i % 4], color=colours[term],
+                                 lw=1.8 if term == "total" else 1.1)  # fmt: skip
+            ax_lr.plot(x, [r.get("lr") for r in log], styles[i % 4], color="tab:gray", lw=1.3)
             offset = x[-1]
     for x0, t in boundaries:
         for ax in (ax_loss, ax_lr):

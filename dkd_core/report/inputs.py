@@ -20,13 +20,14 @@ step metrics are an error naming the file.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 
 from dkd_core.errors import DKDError
 from dkd_core.locations import parent
 from dkd_core.report.runs import RunInput
-from dkd_core.storage import join, open_store
+from dkd_core.storage import is_remote, join, open_store
 
 _STEP_METRICS = re.compile(r"(?:^|/)step_(\d+)/eval/metrics\.json$")
 
@@ -82,6 +83,8 @@ def run_from_folder(folder: str, method: str | None = None) -> RunInput:
     folder's name and the seed to the one its checkpoints were trained with.
     """
     folder = str(folder).rstrip("/")
+    if not is_remote(folder):  # provenance names checkpoints by absolute path
+        folder = os.path.abspath(folder)
     store = open_store(folder)
     found = {}
     for uri in store.list(folder, recursive=True):

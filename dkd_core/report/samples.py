@@ -45,7 +45,7 @@ def qualitative_figure(steps: Sequence[StepFacts], path: Path, title: str) -> Pa
     palette = voc_palette()  # [256, 3]
     names = {int(k): v for k, v in steps[-1].samples.get("class_names", {}).items()}
     columns = 2 + len(steps)
-    cell = min(1.7, (MAX_WIDTH - 0.5) / columns)
+    cell = min(1.7, (MAX_WIDTH - 1.0) / columns)
     seen: set[int] = set()
     grids = []
     for sample_id in ids:
@@ -62,9 +62,12 @@ def qualitative_figure(steps: Sequence[StepFacts], path: Path, title: str) -> Pa
     legend_rows = math.ceil(len(seen) / 8)
     bottom = 0.22 * legend_rows + 0.15  # inches for the legend
     aspect = max(p.shape[0] / p.shape[1] for panels in grids for p in panels)  # height / width
-    row_height = cell * min(aspect, 1.5) + 0.08
-    height = row_height * len(ids) + 0.5 + bottom
-    fig, axes = plt.subplots(len(ids), columns, figsize=size(cell * columns, height), squeeze=False)
+    margin = 0.9  # inches left of the panels, for the image ids
+    row_height = cell * min(aspect, 1.5)
+    head = 0.75  # inches above the panels: the title and the column headings
+    height = row_height * len(ids) + head + bottom
+    width = cell * columns + margin
+    fig, axes = plt.subplots(len(ids), columns, figsize=size(width, height), squeeze=False)
     for r, (sample_id, panels) in enumerate(zip(ids, grids, strict=True)):
         for c, (ax, panel) in enumerate(zip(axes[r], panels, strict=True)):
             ax.imshow(panel, interpolation="nearest")
@@ -84,7 +87,7 @@ def qualitative_figure(steps: Sequence[StepFacts], path: Path, title: str) -> Pa
         legend.append(plt.Rectangle((0, 0), 1, 1, color=palette[IGNORE] / 255.0, label="ignored"))
     fig.legend(handles=legend, loc="lower center", ncol=min(8, len(legend)), fontsize=8,
                frameon=False)  # fmt: skip
-    fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.06, right=0.995, top=1 - 0.5 / height, bottom=bottom / height,
-                        wspace=0.04, hspace=0.06)  # fmt: skip
+    fig.suptitle(title, fontsize=11, y=1 - 0.08 / height, va="top")
+    fig.subplots_adjust(left=margin / width, right=0.995, top=1 - head / height,
+                        bottom=bottom / height, wspace=0.04, hspace=0.04)  # fmt: skip
     return _save(fig, path)
