@@ -267,8 +267,9 @@ class _Report:
         logs = {m: [st.train_log for st in steps] for m, steps in logs.items()}
         if any(log for ls in logs.values() for log in ls):
             path = self.figure(figures.loss_figure(logs, self.out_dir / "training_loss.png"))
-            s.add(Figure(path, "loss terms (total and each term, log scale) and learning rate "
-                         "per logged iteration, from each step's train_log.jsonl"
+            s.add(Figure(path, "each loss term and their weighted sum (total, with the loss.* "
+                         "weights; log scale) and the learning rate per logged iteration, "
+                         "from each step's train_log.jsonl"
                          + (" (first seed of each method)"
                             if any(len(g) > 1 for g in self.groups.values()) else "")))  # fmt: skip
         else:
