@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from dkd_core.errors import DKDError
 from dkd_core.locations import parent
-from dkd_core.report.runs import RunInput
+from dkd_core.report.runs import REQUIRED, RunInput
 from dkd_core.storage import is_remote, join, open_store
 
 _STEP_METRICS = re.compile(r"(?:^|/)step_(\d+)/eval/metrics\.json$")
@@ -102,9 +102,7 @@ def run_from_folder(folder: str, method: str | None = None) -> RunInput:
         )
     steps = []
     for t in range(len(found)):
-        metrics = store.read_json(found[t])
-        if not isinstance(metrics, dict):
-            raise DKDError(f"{found[t]}: expected a JSON object of step metrics")
+        metrics = _check_metrics(store.read_json(found[t]), found[t], t)
         checkpoint = join(folder, f"step_{t}", "checkpoint")
         steps.append({"step": t, "checkpoint": checkpoint, **metrics})
     info = {"source": folder, "manifest": join(folder, "split", "manifest.json")}
@@ -119,8 +117,22 @@ def run_from_history(uri: str, method: str | None = None) -> RunInput:
         raise DKDError(f"{uri}: history file not found")
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise DKDError(f"{uri}: expected a JSON list of step metrics (a pipeline's history)")
+    for t, entry in enumerate(history):
+        _check_metrics(entry, uri, t)
     run = RunInput(history, method=method or "DKD", info={"source": uri})
     return _with_seed(run)
+
+
+def _check_metrics(metrics, uri: str, step: int) -> dict:
+    """Step metrics as `evaluate` writes them; a `DKDError` naming the file, step and field."""
+    if not isinstance(metrics, dict):
+        raise DKDError(f"{uri}: step {step}: expected a JSON object of step metrics")
+    for key in REQUIRED:
+        if key not in metrics:
+            raise DKDError(
+                f"{uri}: step {step} has no field {key!r}; expected the metrics `evaluate` writes"
+            )
+    return metrics
 
 
 def _with_seed(run: RunInput) -> RunInput:

@@ -116,6 +116,17 @@ def test_run_folder_errors_name_the_folder(tmp_path):
     (run / "step_1" / "eval" / "metrics.json").unlink()
     with pytest.raises(DKDError, match=r"steps \[0, 2\]; expected steps 0 to 2 without a gap"):
         run_from_folder(str(run))
+    metrics = run / "step_0" / "eval" / "metrics.json"
+    metrics.write_text(json.dumps(step_metrics([2, 1], 0)))
+    (run / "step_1" / "eval" / "metrics.json").write_text(
+        json.dumps({k: v for k, v in step_metrics([2, 1], 1).items() if k != "iou"})
+    )
+    with pytest.raises(DKDError) as error:
+        run_from_folder(str(run))
+    assert str(error.value) == (
+        f"{run / 'step_1' / 'eval' / 'metrics.json'}: step 1 has no field 'iou'; "
+        "expected the metrics `evaluate` writes"
+    )
 
 
 def test_cli_compares_labelled_runs_and_aggregates_seeds(tmp_path, capsys):
