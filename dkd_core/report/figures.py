@@ -179,12 +179,14 @@ def forgetting_figure(rows_by_method: Mapping[str, list[dict]], path: Path) -> P
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel("forgetting (IoU points)")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("IoU when learned minus IoU after the last step (> 0: forgotten)", fontsize=11)
-    top = 1.0
+    h = fig.get_size_inches()[1]
+    fig.suptitle("IoU when learned minus IoU after the last step (> 0: forgotten)",
+                 fontsize=11, y=1 - 0.05 / h, va="top")  # fmt: skip
+    top = 1 - 0.4 / h
     if m > 1:  # the methods' legend between the title and the panels
         fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", ncol=m,
-                   fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.985))  # fmt: skip
-        top = 0.985 - 0.35 / fig.get_size_inches()[1]
+                   fontsize=9, frameon=False, bbox_to_anchor=(0.5, 1 - 0.3 / h))  # fmt: skip
+        top = 1 - 0.65 / h
     fig.tight_layout(rect=(0, 0, 1, top))
     return _save(fig, path)
 
@@ -236,7 +238,7 @@ def loss_figure(logs_by_method: Mapping[str, Sequence[Sequence[dict] | None]], p
 
     proxies = [Line2D([], [], color=colours[t], lw=1.5, label=t) for t in terms]
     if len(logs_by_method) > 1:
-        proxies += [Line2D([], [], color="black", ls=styles[i % 4], lw=1.2, label=m)
+        proxies += [Line2D([], [], color="tab:gray", ls=styles[i % 4], lw=1.2, label=m)
                     for i, m in enumerate(logs_by_method)]  # fmt: skip
     ax_loss.legend(handles=proxies, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                    frameon=False)  # fmt: skip
@@ -263,7 +265,7 @@ def throughput_figure(values_by_method: Mapping[str, Sequence[float | None]], pa
     ax.set_ylabel("images / s")
     ax.grid(axis="y", alpha=0.3)
     if m > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title("Training throughput (whole attempt: setup, evaluation, checkpoints included)",
                  fontsize=9)  # fmt: skip
     fig.tight_layout()
