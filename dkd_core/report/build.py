@@ -233,6 +233,8 @@ class _Report:
         s = Section("Forgetting per class", anchor="forgetting")
         rows = {m: tables.method_forgetting(g) for m, g in self.groups.items()}
         self.summary["forgetting"] = rows
+        if not any(rows.values()):
+            return None
         path = self.figure(figures.forgetting_figure(rows, self.out_dir / "forgetting.png"))
         s.add(Text(
             "Forgetting of a class = its IoU after the step that added it minus its IoU after "
@@ -240,23 +242,31 @@ class _Report:
         ))  # fmt: skip
         s.add(Figure(path, "per-class forgetting" + (", methods side by side"
                                                      if self.several else "")))  # fmt: skip
-        methods_ = list(rows)
-        first = rows[methods_[0]]
+        names, aligned = tables.align_by_class(rows)
+        methods_ = list(aligned)
         header = ["class", "added at"] + [
             f"{m}: learned → last" if self.several else "learned → last" for m in methods_
         ] + [f"{m}: forgetting" if self.several else "forgetting" for m in methods_]  # fmt: skip
 
-        def stat(v, std):
+        def stat(r):
+            if r is None:
+                return ""
+            v, std = r["forgetting"], r["forgetting_std"]
             return _fmt(v) if std is None else f"{v:.2f} ± {std:.2f}"
 
-        body = [
-            [r["class"], str(r["learned_at"])]
-            + [f"{_fmt(rows[m][i]['iou_learned'])} → {_fmt(rows[m][i]['iou_last'])}"
-               for m in methods_]
-            + [stat(rows[m][i]["forgetting"], rows[m][i]["forgetting_std"]) for m in methods_]
-            for i, r in enumerate(first)
-        ]  # fmt: skip
-        means = [sum(r["forgetting"] for r in rows[m]) / len(rows[m]) for m in methods_]
+        def learned(r):
+            return "" if r is None else f"{_fmt(r['iou_learned'])} → {_fmt(r['iou_last'])}"
+
+        body = []
+        for i, name in enumerate(names):
+            present = [aligned[m][i] for m in methods_ if aligned[m][i] is not None]
+            added = sorted({str(r["learned_at"]) for r in present})
+            body.append([name, "/".join(added)] + [learned(aligned[m][i]) for m in methods_]
+                        + [stat(aligned[m][i]) for m in methods_])  # fmt: skip
+        means = [
+            sum(r["forgetting"] for r in rows[m]) / len(rows[m]) if rows[m] else None
+            for m in methods_
+        ]
         body.append(["mean", ""] + [""] * len(methods_) + [_fmt(v) for v in means])
         s.add(Table(header, body, caption="Forgetting per class (IoU points)", left=(0,)))
         return s

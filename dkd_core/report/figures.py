@@ -151,26 +151,27 @@ def heatmap_figure(
 def forgetting_figure(rows_by_method: Mapping[str, list[dict]], path: Path) -> Path:
     """Per class learned before the last step: IoU when learned minus IoU after the last
     step (IoU points; > 0 = forgotten), one bar per method, classes as rows."""
-    first = next(iter(rows_by_method.values()))
-    names = [r["class"] for r in first]
+    from dkd_core.report.tables import align_by_class
+
+    names, aligned = align_by_class(dict(rows_by_method))
     panels = _panels(len(names))
     rows = len(panels[0])
-    m = len(rows_by_method)
+    m = len(aligned)
     label_width = 0.09 * max(len(n) for n in names) + 0.5
     fig, axes = plt.subplots(
         1, len(panels), figsize=size(len(panels) * (label_width + 3.4) + 0.5,
                                  (0.2 + 0.06 * (m - 1)) * rows + 1.8),
         squeeze=False, sharex=True,
     )  # fmt: skip
-    values = [r["forgetting"] for rs in rows_by_method.values() for r in rs]
+    values = [r["forgetting"] for rs in aligned.values() for r in rs if r is not None]
     lo, hi = min(0.0, *values), max(0.0, *values)
     pad = 0.05 * (hi - lo or 1.0)
     height = 0.8 / m
     for ax, rng in zip(axes[0], panels, strict=True):
-        for i, (method, rs) in enumerate(rows_by_method.items()):
+        for i, (method, rs) in enumerate(aligned.items()):
             y = np.arange(len(rng)) - 0.4 + height * (i + 0.5)
-            vals = [rs[c]["forgetting"] for c in rng]
-            errs = [rs[c].get("forgetting_std") or 0.0 for c in rng]
+            vals = [rs[c]["forgetting"] if rs[c] else np.nan for c in rng]
+            errs = [(rs[c].get("forgetting_std") or 0.0) if rs[c] else 0.0 for c in rng]
             ax.barh(y, vals, height=height, xerr=errs if any(errs) else None,
                     color=METHOD_COLOURS[i % 10], label=method, capsize=2)  # fmt: skip
         ax.set_yticks(range(len(rng)), [names[c] for c in rng], fontsize=_class_font(rows))

@@ -77,6 +77,20 @@ def method_forgetting(runs: Sequence[RunInput]) -> list[dict]:
     return rows
 
 
+def align_by_class(
+    rows_by_method: dict[str, list[dict]],
+) -> tuple[list[str], dict[str, list[dict | None]]]:
+    """Per-class rows of several methods (or settings with other class sets) side by side:
+    the union of their classes in order of first appearance, and per method its row of
+    each class (None where the method has no such row)."""
+    names = list(dict.fromkeys(r["class"] for rows in rows_by_method.values() for r in rows))
+    aligned = {}
+    for method, rows in rows_by_method.items():
+        by_name = {r["class"]: r for r in rows}
+        aligned[method] = [by_name.get(n) for n in names]
+    return names, aligned
+
+
 def increments(steps: Sequence[dict]) -> list[dict]:
     """Per evaluated step t: the mIoU of each increment s <= t's classes ("by_increment",
     keyed by s; step 0's increment includes background)."""

@@ -209,3 +209,20 @@ def test_toy_forgetting_benchmark_reports_its_runs_as_a_comparison(tmp_path, mon
     assert summary["forgetting"]["fine-tuning"][1]["forgetting"] == 30.0
     assert summary["forgetting"]["DKD"][1]["forgetting"] == 5.0
     assert "fine-tuning: 2 seeds (1, 2)" in files.markdown.read_text()
+
+
+def test_settings_with_other_steps_and_classes_are_compared_class_by_class(tmp_path):
+    longer = write_run(tmp_path / "a", [2, 1, 1], task=("toy", "2-1", "overlap"))
+    shorter = write_run(tmp_path / "b", [2, 1], task=("toy", "2-1", "overlap"), forgetting=10.0)
+    files = build_report(
+        [run_from_folder(str(longer), "three steps"), run_from_folder(str(shorter), "two steps")],
+        tmp_path / "out",
+    )
+    summary = json.loads(files.summary.read_text())
+    assert [r["class"] for r in summary["forgetting"]["three steps"]] == [
+        "background", "class_001", "class_002", "class_003",
+    ]  # fmt: skip
+    assert [r["forgetting"] for r in summary["forgetting"]["two steps"]] == [10.0, 10.0, 10.0]
+    md = files.markdown.read_text()
+    # class_003 is only a class of the longer run: the shorter's cells stay blank.
+    assert "| class_003 | 1 | 78.00 → 72.00 |  | 6.00 |  |" in md
