@@ -119,7 +119,9 @@ class _Report:
                 self.out_dir / "miou_steps.png",
             )
         )  # fmt: skip
-        s.add(Figure(path, "mIoU after each step; error bars: sample std over seeds"
+        seeds = any(len(g) > 1 for g in self.groups.values())
+        s.add(Figure(path, "mIoU after each step"
+                     + ("; error bars: sample std over seeds" if seeds else "")
                      + ("; markers at the last step: the authors' published figures"
                         if self.published else "")))  # fmt: skip
         return s
