@@ -163,3 +163,13 @@ def test_training_attempt_records_wall_time_throughput_and_hardware(tmp_path, mo
     again = provenance.TrainingAttempt.begin(str(checkpoint), str(periodic))
     assert again.finish(batch_size=8, train_log=str(log)) is None
     assert not Path(uri).exists()
+
+
+def test_the_evaluate_component_predicts_the_default_number_of_samples():
+    import inspect
+
+    from components.dkd import evaluate
+    from dkd_core.samples import DEFAULT_COUNT
+
+    default = inspect.signature(evaluate.python_func).parameters["samples"].default
+    assert default == DEFAULT_COUNT  # KFP needs a literal there: kept equal here
