@@ -10,6 +10,9 @@ IMAGE_REPO ?= dkd
 # The package version, read from pyproject.toml's [project] table (override: make VERSION=...).
 VERSION := $(shell awk -F'"' '/^\[project\]/ {p = 1; next} /^\[/ {p = 0} p && /^version *=/ {print $$2; exit}' pyproject.toml)
 GIT_SHA := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo nogit)
+# The full revision baked into the images (provenance.json of every trained step), -dirty
+# when the work tree has uncommitted changes to tracked files.
+GIT_REVISION := $(shell r=$$(git rev-parse HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$r || echo $$r-dirty; })
 IMAGE ?= $(IMAGE_REPO):$(VERSION)-$(GIT_SHA)
 IMAGE_CPU ?= $(IMAGE)-cpu
 DOCKER ?= docker
@@ -25,8 +28,8 @@ KIND_HINT := install kind v0.33.0 (https://kind.sigs.k8s.io/docs/user/quick-star
 
 images: ## build the CUDA and CPU images, tagged IMAGE_REPO:<version>-<git sha> and ...-cpu
 	@$(call require,$(DOCKER),$(DOCKER_HINT))
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile -t $(IMAGE) .
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile --build-arg GIT_REVISION=$(GIT_REVISION) -t $(IMAGE) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.cpu --build-arg GIT_REVISION=$(GIT_REVISION) -t $(IMAGE_CPU) .
 	@echo "built $(IMAGE) and $(IMAGE_CPU)"
 
 push: ## push the images of `make images` (IMAGE must name a registry: make push IMAGE=registry/dkd:tag)
@@ -37,7 +40,7 @@ push: ## push the images of `make images` (IMAGE must name a registry: make push
 
 image-cpu: ## build only the CPU image (kind, CPU clusters)
 	@$(call require,$(DOCKER),$(DOCKER_HINT))
-	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.cpu -t $(IMAGE_CPU) .
+	DOCKER_BUILDKIT=1 $(DOCKER) build -f docker/Dockerfile.cpu --build-arg GIT_REVISION=$(GIT_REVISION) -t $(IMAGE_CPU) .
 
 kind-up: image-cpu ## create the kind cluster and install KFP, the training operator and DKD (k8s/kind/install.sh)
 	@$(call require,$(KIND),$(KIND_HINT))

@@ -13,7 +13,14 @@ for every step, mIoU of old classes (with background, as the reference reports),
 new classes, of all, hIoU, and the base-class mean without background — the
 forgetting figure. Mean and spread over the seeds.
 
+It also writes the comparison report of the runs (`dkd_core.report`, as
+`python -m dkd_core report --run A --run B --label ...` does for run folders):
+the three methods overlaid in the same plots and tables, seeds aggregated as
+mean ± sample std, with each step's sample predictions, in `<output>/report/`
+(report.html, report.md, summary.json and the PNGs).
+
     python benchmarks/toy_forgetting.py [--seeds 1 2] [--data build/toy] [--json out.json]
+        [--no-report]
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from dkd_core.checkpoint import read_meta
 from dkd_core.config import load_config, result_digest
 from dkd_core.data import make_toy_dataset
 from dkd_core.progress import RunSeries
+from dkd_core.report import RunInput, build_report
+from dkd_core.samples import DEFAULT_COUNT, write_samples
 from dkd_core.step_data import task_of
 from dkd_core.train import train_step
 
@@ -51,12 +60,30 @@ def figures(meta_metrics: dict, base_classes: int) -> dict:
     }
 
 
+def comparison_runs(checkpoints: dict[str, dict[int, list[str]]]) -> list[RunInput]:
+    """One report run per method and seed: each step's metrics (from its checkpoint's
+    meta.json) with the checkpoint URI, so the report finds the train log, provenance
+    and samples beside it. Step 0 is the seed's shared checkpoint in every method."""
+    return [
+        RunInput(
+            [{"checkpoint": uri, **read_meta(uri)["metrics"]} for uri in uris],
+            method=method,
+            seed=seed,
+        )
+        for method, by_seed in checkpoints.items()
+        for seed, uris in by_seed.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--data", default="build/toy/data", help="toy dataset (made if missing)")
     parser.add_argument("--output", default="build/toy_forgetting")
     parser.add_argument("--json", help="also write the table to this file")
+    parser.add_argument(
+        "--no-report", action="store_true", help="skip the comparison report (<output>/report)"
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides for every run")
     args = parser.parse_args()
 
@@ -65,6 +92,7 @@ def main() -> None:
     if not (data / "ImageSets").is_dir():
         make_toy_dataset(data, classes=6, images=500, size=64, seed=0)
     results: dict[str, dict[int, list[dict]]] = {m: {} for m in METHODS}
+    checkpoints: dict[str, dict[int, list[str]]] = {m: {} for m in METHODS}
     started = time.perf_counter()
     steps = task_of(load_config(CONFIG, args.overrides)).num_steps
     # Every seed trains step 0 once, then steps 1.. for each method: a line per run.
@@ -89,10 +117,12 @@ def main() -> None:
             config = load_config(CONFIG, [*common, *loss_overrides, out])
             rows = [step0_figures]
             teacher = step0
+            checkpoints[method][seed] = [step0]
             for t in range(1, task.num_steps):
                 label = f"seed {seed} {method} step {t}"
                 teacher = runs.run(label, train_step, config, t, teacher=teacher)
                 rows.append(figures(read_meta(teacher)["metrics"], base_classes))
+                checkpoints[method][seed].append(teacher)
             results[method][seed] = rows
             print(f"seed {seed} {method}: done ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -121,6 +151,14 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
+    if not args.no_report:
+        for uri in {u for by_seed in checkpoints.values() for us in by_seed.values() for u in us}:
+            write_samples(uri, count=DEFAULT_COUNT)  # the same images for every step
+        files = build_report(
+            comparison_runs(checkpoints), Path(args.output) / "report",
+            title=f"Toy {task.name}: fine-tuning vs KD-only vs DKD",
+        )  # fmt: skip
+        print(f"report: {files.html}")
 
 
 if __name__ == "__main__":

@@ -176,6 +176,7 @@ def evaluate(
     history_out: Output[Artifact],
     history_in: Input[Artifact] = None,
     recompute: bool = False,
+    samples: int = 6,
 ) -> None:
     """Test metrics of a step's checkpoint (`dkd_core evaluate`), for the Kubeflow UI.
 
@@ -185,6 +186,12 @@ def evaluate(
     this step's: chained from step to step, it gives the report every step of the
     chain of `seed` (each entry names the seed, so the report pairs a collected
     history with its seed by content, not by position).
+    The report's qualitative figure needs `samples` fixed test images predicted
+    into eval/samples/ beside the checkpoint (`dkd_core.samples`, the same images
+    at every step; 0: none). The training job writes them where its data is; only
+    when they are missing (or `recompute`) are they predicted here, on CPU, which
+    first mirrors the dataset into this pod. The default is
+    `dkd_core.samples.DEFAULT_COUNT`.
     """
     import json
     import os
@@ -214,6 +221,13 @@ def evaluate(
     )
     with open(per_class.path, "w") as f:
         f.write(f"IoU (%) per class (* = added after step 0)\n\n| class | IoU |\n|---|---|\n{rows}")
+    if samples > 0:
+        from dkd_core.samples import INDEX_FILE, samples_folder, write_samples
+
+        index = join(samples_folder(model.uri), INDEX_FILE)
+        if recompute or not open_store(index).exists(index):
+            folder = write_samples(model.uri, manifest.uri, samples)
+            print(f"{samples} sample predictions in {folder}")
     history = []
     if history_in is not None:
         with open(history_in.path) as f:

@@ -65,16 +65,53 @@ def _setup_logging() -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    import os
+
     from dkd_core.config import load_config
+    from dkd_core.locations import StepLocations
+    from dkd_core.provenance import TrainingAttempt
     from dkd_core.train import train_step
 
     _setup_logging()
     config = load_config(args.config, args.overrides)
+    where = StepLocations.of_run(config.run.output, args.step)
+    where = StepLocations(args.checkpoint_out or where.checkpoint, where.manifest)
+    # Rank 0 records the attempt beside the checkpoint (provenance.json): train.py
+    # stays about training, and every launcher runs this command.
+    main_process = os.environ.get("RANK", "0") == "0"
+    attempt = TrainingAttempt.begin(where.checkpoint, where.periodic) if main_process else None
     final = train_step(
         config, args.step, teacher=args.teacher, checkpoint_out=args.checkpoint_out,
         manifest=args.manifest, restart=args.restart,
     )  # fmt: skip
+    if attempt is not None:
+        attempt.finish(config.data.batch_size, where.train_log, restarted=args.restart)
+    if main_process:
+        _write_samples(final, args.manifest, args.samples)
     return {"step": args.step, "checkpoint": final}
+
+
+def _write_samples(checkpoint: str, manifest: str | None, count: int | None) -> None:
+    """The report's sample predictions beside a final checkpoint (`dkd_core.samples`).
+
+    Made here, where the step's data is already mirrored, so that the pipeline's
+    evaluate task, which finds them, need not download the dataset. A failure is
+    a warning, not a failed step: the checkpoint is final, and the evaluate task
+    or `report --run` make the samples again when they are missing.
+    """
+    import logging
+
+    from dkd_core.samples import DEFAULT_COUNT, INDEX_FILE, samples_folder, write_samples
+    from dkd_core.storage import join, open_store
+
+    count = DEFAULT_COUNT if count is None else count
+    index = join(samples_folder(checkpoint), INDEX_FILE)
+    if count <= 0 or open_store(index).exists(index):
+        return
+    try:
+        write_samples(checkpoint, manifest, count)
+    except (DKDError, OSError) as e:
+        logging.getLogger(__name__).warning("no sample predictions for the report: %s", e)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -123,28 +160,84 @@ def cmd_split(args: argparse.Namespace) -> dict:
     return {"manifest": str(path), "steps": counts}
 
 
+def _parse_labels(pairs: Sequence[str], sources: Sequence[str]) -> dict[str, str]:
+    """`--label SOURCE=NAME` pairs; SOURCE must be one of the --run / --history values."""
+    labels = {}
+    for pair in pairs:
+        source, sep, name = pair.rpartition("=")
+        if not sep or not source or not name:
+            raise DKDError(f"--label {pair!r}: expected RUN=NAME, e.g. results/ft=fine-tuning")
+        if source not in sources:
+            raise DKDError(
+                f"--label {pair!r}: {source!r} is not one of the --run/--history values {list(sources)}"
+            )
+        labels[source] = name
+    return labels
+
+
 def cmd_report(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from dkd_core.report import RunInput, build_report
+    from dkd_core.report import RunInput, build_report, run_from_folder, run_from_history
 
-    if args.run:
-        paths = sorted(
-            Path(args.run).glob("step_*/eval/metrics.json"), key=lambda p: int(p.parts[-3][5:])
-        )
+    sources = [*(args.run or []), *(args.history or [])]
+    if args.samples is not None and args.samples < 0:
+        raise DKDError(f"--samples {args.samples}: expected a number of images >= 0")
+    if bool(args.metrics) == bool(sources):
+        raise DKDError("report: give --run and/or --history (repeatable), or --metrics alone")
+    labels = _parse_labels(args.label or [], sources)
+    if args.metrics:
+        steps = []
+        for p in args.metrics:
+            try:
+                steps.append(json.loads(Path(p).read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise DKDError(f"{p}: cannot read step metrics ({e})") from e
+        runs = [RunInput(steps)]
     else:
-        paths = [Path(p) for p in args.metrics]
-    if not paths:
-        raise DKDError(f"no step metrics found (looked for {args.run}/step_*/eval/metrics.json)")
-    steps = []
-    for p in paths:
-        try:
-            steps.append(json.loads(p.read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DKDError(f"{p}: cannot read step metrics ({e})") from e
-    output = Path(args.output or (Path(args.run) / "report" if args.run else "report"))
-    files = build_report([RunInput(steps)], output, title=args.title)
-    return {"report": str(files.markdown), "html": str(files.html), "steps": len(steps)}
+        runs = [run_from_folder(r, labels.get(r)) for r in args.run or []]
+        runs += [run_from_history(h, labels.get(h)) for h in args.history or []]
+    computed = 0
+    if args.samples != 0 and not args.metrics:
+        computed = _ensure_samples(runs, args)
+    default = Path(args.run[0]) / "report" if len(args.run or []) == 1 else Path("report")
+    output = Path(args.output) if args.output else default
+    files = build_report(runs, output, title=args.title)
+    return {
+        "report": str(files.markdown), "html": str(files.html), "runs": len(runs),
+        "steps": sum(len(r.steps) for r in runs), "samples_computed": computed,
+    }  # fmt: skip
+
+
+def _ensure_samples(runs, args: argparse.Namespace) -> int:
+    """Predict the sample images of every step that has a checkpoint and no samples yet;
+    the number of steps predicted. A step whose data is not reachable here is skipped
+    with a warning (the report then notes that its samples are missing)."""
+    import logging
+
+    from dkd_core.samples import DEFAULT_COUNT, INDEX_FILE, samples_folder, write_samples
+    from dkd_core.storage import join, open_store
+
+    _setup_logging()
+    log = logging.getLogger("dkd_core.report")
+    computed = 0
+    for run in runs:
+        for t, step in enumerate(run.steps):
+            checkpoint = step.get("checkpoint")
+            if not checkpoint:
+                continue
+            index = join(samples_folder(checkpoint), INDEX_FILE)
+            if open_store(index).exists(index) and not args.recompute_samples:
+                continue
+            if not open_store(checkpoint).exists(join(checkpoint, "meta.json")):
+                continue
+            manifest = run.info.get("manifest")
+            try:
+                write_samples(checkpoint, manifest, args.samples or DEFAULT_COUNT)
+                computed += 1
+            except DKDError as e:
+                log.warning("%s, step %d: samples not computed: %s", run.label, t, e)
+    return computed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the step again from scratch: delete its final and periodic checkpoints, "
         "train log, metrics and exemplar memory first (needed when settings changed)",
     )
+    p.add_argument(
+        "--samples", type=int, metavar="N",
+        help="test images to predict for the report's qualitative figure, into "
+        "eval/samples/ beside the checkpoint (0: none; default: the report's count)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_train)
@@ -224,11 +322,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_split)
 
-    p = sub.add_parser("report", help="per-step mIoU table and plots of a run")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="run folder (reads step_*/eval/metrics.json)")
-    source.add_argument("--metrics", nargs="+", help="metrics.json of each step, step 0 first")
-    p.add_argument("--output", help="folder to write (default: <run>/report)")
+    p = sub.add_parser(
+        "report",
+        help="tables, figures and HTML/Markdown report of a run, or a comparison of runs",
+        description="Report one run, or compare several: --run/--history may repeat; runs "
+        "with the same --label are seeds of one method (mean ± sample std).",
+    )
+    p.add_argument(
+        "--run", action="append", help="run folder or s3:// URI (step_*/eval/metrics.json); repeat"
+    )
+    p.add_argument(
+        "--metrics", nargs="+", help="metrics.json of each step, step 0 first (one run, alone)"
+    )
+    p.add_argument(
+        "--history", action="append",
+        help="a pipeline's history JSON (step metrics with checkpoint URIs); repeat",
+    )  # fmt: skip
+    p.add_argument(
+        "--label", action="append", metavar="RUN=NAME",
+        help="method name of a --run/--history (default: the folder's name); repeat",
+    )  # fmt: skip
+    p.add_argument(
+        "--samples", type=int, default=None, metavar="N",
+        help="predict N fixed test images per step where missing (default: as many as the "
+        "evaluate component, dkd_core.samples.DEFAULT_COUNT; 0: do not compute)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-samples", dest="samples", action="store_const", const=0,
+        help="do not compute missing sample predictions (same as --samples 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--recompute-samples", action="store_true", help="predict the samples again even if present"
+    )
+    p.add_argument("--output", help="folder to write (default: <run>/report, or ./report)")
     p.add_argument("--title", default="DKD run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_report)

@@ -8,6 +8,8 @@ By default a run lives under `run.output`:
     step_<t>/eval/metrics.json     test metrics after the step (docs/method.md §7)
     step_<t>/train_log.jsonl       loss terms per logged iteration
     step_<t>/memory.json           DKD-M exemplars of the step
+    step_<t>/provenance.json       when, where and with which code it was trained
+    step_<t>/eval/samples/         predictions of a fixed set of test images (`samples`)
 
 A pipeline instead names the checkpoint URI of each step (its Model artifact)
 and the manifest URI; everything else of the step sits beside the checkpoint,
@@ -72,6 +74,14 @@ class StepLocations:
     @property
     def memory(self) -> str:
         return join(self.folder, "memory.json")
+
+    @property
+    def provenance(self) -> str:
+        return join(self.folder, "provenance.json")
+
+    @property
+    def samples(self) -> str:
+        return join(self.folder, "eval", "samples")
 
 
 def run_manifest_uri(run_output: str) -> str:

@@ -59,7 +59,7 @@ def methods(runs: Sequence[RunInput]) -> list[str]:
     return list(dict.fromkeys(r.method for r in runs))
 
 
-def _stats(values: list[float | None]) -> dict:
+def seed_stats(values: list[float | None]) -> dict:
     present = [v for v in values if v is not None]
     if not present:
         return {"mean": None, "std": None, "n": 0, "values": values}
@@ -95,6 +95,6 @@ def aggregate(runs: Sequence[RunInput]) -> list[dict]:
         for t in range(lengths.pop()):
             row = {"method": method, "step": t, "seeds": seeds}
             for key in FIGURES:
-                row[key] = _stats([table[t][key] for table in tables])
+                row[key] = seed_stats([table[t][key] for table in tables])
             out.append(row)
     return out

@@ -90,3 +90,46 @@ def test_imported_reference_splits_are_used_not_rebuilt(toy_root, tmp_path):
     manifest = run_manifest(config, task, layout.samples("train"), layout.samples("val"), uri)
     assert manifest["inputs"] == {"source": "reference-npy"}
     assert manifest["steps"][1]["train"] == ["toy_00001", "toy_00011"]
+
+
+@pytest.mark.slow  # two training steps and a report: about a minute on 2 cores
+def test_report_command_on_a_trained_run(toy_root, tmp_path, capsys):
+    """`train` records provenance beside each step; `report --run` predicts the samples it
+    lacks and reports everything it finds beside the checkpoints."""
+    run = tmp_path / "run"
+    overrides = [
+        f"data.root={toy_root}", f"run.output={run}", "data.num_workers=0",
+        "data.batch_size=8", "data.eval_batch_size=8", "optim.epochs=1",
+        "train.checkpoint_every=0", "model.aspp_channels=32", "train.metrics_port=-1",
+        "train.progress=false", "train.log_every=1",  # every iteration: throughput counts all
+    ]  # fmt: skip
+    # Step 0's training predicts its samples where its data is; step 1 is told not to.
+    for step, samples in ((0, "2"), (1, "0")):
+        trained = cli("train", "--config", str(CONFIGS / "toy.yaml"), "--step", str(step),
+                      "--samples", samples, *overrides)  # fmt: skip
+        assert trained.returncode == 0, trained.stderr
+        record = json.loads((run / f"step_{step}" / "provenance.json").read_text())
+        assert record["hardware"]["device"] == "cpu" and record["images_per_second"] > 0
+    assert (run / "step_0" / "eval" / "samples" / "index.json").is_file()
+    assert not (run / "step_1" / "eval" / "samples").exists()
+    result = cli("report", "--run", str(run), "--samples", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["samples_computed"] == 1 and printed["steps"] == 2  # step 1's only
+    ids = [json.loads((run / f"step_{t}" / "eval" / "samples" / "index.json").read_text())["ids"]
+           for t in (0, 1)]  # fmt: skip
+    assert ids[0] == ids[1] and len(ids[0]) == 2
+    report = run / "report"
+    for name in ("miou_steps.png", "per_class_iou.png", "forgetting.png", "training_loss.png",
+                 "throughput.png", "samples.png", "report.html", "report.md"):  # fmt: skip
+        assert (report / name).is_file(), name
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["task"] == {"dataset": "toy", "name": "4-1", "setting": "overlap"}
+    assert summary["notes"] == []  # nothing missing
+    assert {p["model_sha256"] is not None for p in summary["provenance"]} == {True}
+    assert "kd" in summary["training"][run.name][1]["final_loss"]
+    # Computed once: a second report finds the samples and predicts nothing.
+    from dkd_core.cli import main
+
+    assert main(["report", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples_computed"] == 0

@@ -105,10 +105,14 @@ def test_metrics_are_sane(toy_run):
 def test_report_files_embed_the_plots(toy_run):
     run, _, _ = toy_run
     html = run.html.read_text()
-    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 2
+    # Per step, heatmap, forgetting, loss curves, throughput and the evaluate steps' samples.
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 6
+    assert "Qualitative results" in html and "Provenance" in html
     assert run.markdown.read_text().startswith("# DKD toy 4-1")
     for name in ("miou_steps.png", "per_class_iou.png", "summary.json"):
         assert (run.report_dir / name).is_file()
+    # Found from the history's checkpoint URIs: every step's train log, provenance, samples.
+    assert json.loads((run.report_dir / "summary.json").read_text())["notes"] == []
     assert Path(run.artifacts["report"]).read_text() == html  # the pipeline's output artifact
 
 

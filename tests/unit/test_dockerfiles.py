@@ -302,3 +302,14 @@ def test_pins_cli(tmp_path: Path) -> None:
         check=True,
     ).stdout.strip()
     assert constraint.startswith(f"torch=={torch_pin()}")
+
+
+@pytest.mark.parametrize("flavour", DOCKERFILES)
+def test_git_revision_is_a_build_argument_after_the_installs(flavour: str) -> None:
+    items = instructions(flavour)
+    assert arg_defaults(items)["GIT_REVISION"] == ""  # empty unless the build passes it
+    assert env_pairs(items)["DKD_GIT_REVISION"] == "${GIT_REVISION}"
+    (arg,) = [i for i in items if i.keyword == "ARG" and i.args.startswith("GIT_REVISION")]
+    installs = [i for i in items if i.keyword == "RUN" and "pip install" in i.args]
+    assert arg.line > installs[-1].line  # a new revision rebuilds no layer that installs
+    assert "--build-arg GIT_REVISION=$(GIT_REVISION)" in (REPO / "deploy.mk").read_text()

@@ -1,4 +1,4 @@
-"""Run report: table values, plots and files."""
+"""Run report: step table, aggregation over seeds, comparison of methods, files."""
 
 import json
 
@@ -25,13 +25,19 @@ def test_report_table_plots_and_html(tmp_path):
     md = files.markdown.read_text()
     assert "| 0 | 90.00 | – | 90.00 | – |" in md
     assert "| 1 | 80.50 | 60.25 | 75.44 | 68.92 |" in md
-    assert "| cross * | 60.25 |" in md and "| square | 64.50 |" in md
+    # The per-class table: class, the step that added it, its IoU after each step.
+    assert "| cross | 1 |  | 60.25 |" in md and "| square | 0 | 82.00 | 64.50 |" in md
     for png in (files.steps_plot, files.classes_plot):
         with Image.open(png) as im:
             assert im.format == "PNG" and im.width > 300
-    assert files.html.read_text().count("data:image/png;base64,") == 2
+    html = files.html.read_text()
+    assert html.count("data:image/png;base64,") == len(files.figures) >= 3
+    assert "<table>" in html and "<style>" in html
     summary = json.loads(files.summary.read_text())
     assert [r["hiou"] for r in summary["steps"]] == [None, 68.92]
+    assert {"steps", "aggregate", "runs"} <= summary.keys()
+    # No checkpoints: the report says what it cannot show instead of failing.
+    assert any("step metrics only" in n for n in summary["notes"])
 
 
 def test_missing_fields_are_named(tmp_path):
@@ -39,6 +45,16 @@ def test_missing_fields_are_named(tmp_path):
         build_report([RunInput([{"miou_old": 1, "miou_all": 1, "iou": [1]}])], tmp_path)
     with pytest.raises(DKDError, match="no step metrics"):
         build_report([RunInput([])], tmp_path)
+
+
+def test_missing_metrics_field_is_one_line_naming_step_and_field(tmp_path):
+    good = step(90.0, None, 90.0, None, [98.0, 90.0, 82.0])
+    bad = {k: v for k, v in step(80.0, 60.0, 75.0, 68.0, [1.0] * 4).items() if k != "miou_all"}
+    with pytest.raises(DKDError) as error:
+        build_report([RunInput([good, bad], method="DKD", seed=3)], tmp_path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "step 1" in message and "miou_all" in message and "DKD, seed 3" in message
 
 
 def test_seeds_are_aggregated_as_mean_and_sample_std(tmp_path):
@@ -66,6 +82,10 @@ def test_methods_are_compared_and_bad_seed_groups_named(tmp_path):
     md = files.markdown.read_text()
     assert "| method | step | old |" in md and "| FT | 0 | 70.00 |" in md
     assert "| DKD | 0 | 75.00 |" in md
+    # One heatmap per method, numbered in the order the methods first appear.
+    assert [p.name for p in files.figures if p.name.startswith("per_class")] == [
+        "per_class_iou.png", "per_class_iou_2.png",
+    ]  # fmt: skip
     with pytest.raises(DKDError, match="seeds \\[1, 1\\]"):
         aggregate([RunInput(a.steps, seed=1), RunInput(b.steps, seed=1)])
     longer = RunInput(a.steps * 2, seed=2)
