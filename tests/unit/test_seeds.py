@@ -150,10 +150,11 @@ def test_render_job_trains_with_the_chains_seed(capsys):
 # -- the report over the chains -------------------------------------------------------
 
 
-def step_metrics(step: int, seed: int, old: float) -> dict:
+def step_metrics(step: int, seed: int, old: float, root: Path = Path("/nonexistent")) -> dict:
+    """A history entry; its checkpoint folder does not exist (the report notes what it lacks)."""
     names = ["background", "a", "b"]
     return {
-        "step": step, "seed": seed, "checkpoint": f"s3://runs/seed{seed}/train-step/{step}/model",
+        "step": step, "seed": seed, "checkpoint": str(root / f"seed{seed}/train-step/{step}/model"),
         "miou_old": old, "miou_new": None if step == 0 else old / 2, "miou_all": old - 1,
         "hiou": None if step == 0 else old / 3, "iou": [90.0, old, old / 2],
         "channel_names": names, "new_channels": [] if step == 0 else [2],
@@ -162,7 +163,7 @@ def step_metrics(step: int, seed: int, old: float) -> dict:
 
 def history_artifact(tmp_path: Path, seed: int, olds: list[float]) -> SimpleNamespace:
     path = tmp_path / f"history-{seed}"
-    path.write_text(json.dumps([step_metrics(t, seed, o) for t, o in enumerate(olds)]))
+    path.write_text(json.dumps([step_metrics(t, seed, o, tmp_path) for t, o in enumerate(olds)]))
     return SimpleNamespace(path=str(path), uri=str(path), metadata={})
 
 
