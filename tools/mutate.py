@@ -79,10 +79,14 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
     ],
     "dkd_core/tasks.py": [
         ["tests/unit/test_tasks.py"],
-        ["tests/unit/test_spec_rules.py", "tests/unit/test_splits.py"],
+        [
+            "tests/unit/test_spec_rules.py",
+            "tests/unit/test_splits.py",
+            "tests/unit/test_split_edges.py",
+        ],
     ],
     "dkd_core/data/splits.py": [
-        ["tests/unit/test_splits.py"],
+        ["tests/unit/test_splits.py", "tests/unit/test_split_edges.py"],
         ["tests/unit/test_spec_rules.py", "tests/unit/test_memory.py"],
     ],
     "dkd_core/train.py": [
