@@ -25,7 +25,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/losses.py    # one module
     python tools/mutate.py --module dkd_core/train.py --sample 40 --seed 3
     python tools/mutate.py --module dkd_core/losses.py --list
-    python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n"
+    python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n" --match "n * n"
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
 repository itself is never modified (the copy lives in a temporary folder).
@@ -70,7 +70,7 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/aspp.py": [
-        ["tests/unit/test_model.py"],
+        ["tests/unit/test_aspp.py", "tests/unit/test_model.py"],
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/resnet.py": [
@@ -468,7 +468,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     original = path.read_text()
     _, mutants, _ = find_mutants(original)
     if args.match:
-        chosen = [i for i, m in enumerate(mutants) if args.match in m.key]
+        chosen = [i for i, m in enumerate(mutants) if any(text in m.key for text in args.match)]
     elif args.sample and args.sample < len(mutants):
         chosen = sorted(random.Random(args.seed).sample(range(len(mutants)), args.sample))
     else:
@@ -534,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
-    parser.add_argument("--match", help="run only the mutants whose key contains this text")
+    parser.add_argument("--match", action="append",
+                        help="run only the mutants whose key contains this text (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
