@@ -74,7 +74,7 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/resnet.py": [
-        ["tests/unit/test_model.py"],
+        ["tests/unit/test_resnet.py", "tests/unit/test_model.py"],
         ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/tasks.py": [
@@ -86,7 +86,11 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ],
     ],
     "dkd_core/data/splits.py": [
-        ["tests/unit/test_splits.py", "tests/unit/test_split_edges.py"],
+        [
+            "tests/unit/test_splits.py",
+            "tests/unit/test_split_edges.py",
+            "tests/unit/test_split_pass.py",
+        ],
         ["tests/unit/test_spec_rules.py", "tests/unit/test_memory.py"],
     ],
     "dkd_core/train.py": [
