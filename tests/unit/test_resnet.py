@@ -13,6 +13,8 @@ from dkd_core.errors import DKDError
 from dkd_core.model.resnet import (
     BACKBONE_BN_MOMENTUM,
     BACKBONES,
+    BasicBlock,
+    Bottleneck,
     ResNet,
     build_backbone,
     load_imagenet_weights,
@@ -251,3 +253,21 @@ def test_imagenet_weights_drop_the_classifier_and_a_ddp_prefix(tmp_path):
     torch.save(state, tmp_path / "short.pth")
     with pytest.raises(DKDError, match=r"missing 1 keys \['layer1\.0\.conv1\.weight'\]"):
         load_imagenet_weights(target, tmp_path / "short.pth")
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_residual_blocks_add_the_shortcut_before_the_last_relu(block):
+    """out = relu(F(x) + x): the residual is added, not subtracted, in both block kinds."""
+    torch.manual_seed(0)
+    if block == "basic":
+        net = BasicBlock(8, 8, 1, 1, None).eval()
+        layers = [net.conv1, net.bn1, net.relu, net.conv2, net.bn2]
+    else:
+        net = Bottleneck(32, 8, 1, 1, None).eval()
+        layers = [net.conv1, net.bn1, net.relu, net.conv2, net.bn2, net.relu, net.conv3, net.bn3]
+    x = torch.randn(2, 8 if block == "basic" else 32, 9, 9)
+    with torch.no_grad():
+        residual = x.clone()
+        for layer in layers:
+            residual = layer(residual)
+        assert torch.allclose(net(x.clone()), torch.relu(residual + x), atol=1e-6)
