@@ -25,7 +25,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/losses.py    # one module
     python tools/mutate.py --module dkd_core/train.py --sample 40 --seed 3
     python tools/mutate.py --module dkd_core/losses.py --list
-    python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n"
+    python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n" --match "n * n"
     python tools/mutate.py --module dkd_core/train.py --start 35   # continue at mutant #35
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
@@ -71,19 +71,27 @@ MODULE_TESTS: dict[str, list[list[str]]] = {
         ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/aspp.py": [
-        ["tests/unit/test_model.py"],
+        ["tests/unit/test_aspp.py", "tests/unit/test_model.py"],
         ["tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/model/resnet.py": [
-        ["tests/unit/test_model.py"],
+        ["tests/unit/test_resnet.py", "tests/unit/test_model.py"],
         ["tests/integration/test_train_rules.py", "tests/unit/test_reference_fidelity.py"],
     ],
     "dkd_core/tasks.py": [
         ["tests/unit/test_tasks.py"],
-        ["tests/unit/test_spec_rules.py", "tests/unit/test_splits.py"],
+        [
+            "tests/unit/test_spec_rules.py",
+            "tests/unit/test_splits.py",
+            "tests/unit/test_split_edges.py",
+        ],
     ],
     "dkd_core/data/splits.py": [
-        ["tests/unit/test_splits.py"],
+        [
+            "tests/unit/test_splits.py",
+            "tests/unit/test_split_edges.py",
+            "tests/unit/test_split_pass.py",
+        ],
         ["tests/unit/test_spec_rules.py", "tests/unit/test_memory.py"],
     ],
     "dkd_core/train.py": [

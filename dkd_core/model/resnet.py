@@ -13,6 +13,7 @@ drops its stride; the following blocks use the new dilation.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,18 @@ def build_backbone(name: str, output_stride: int = 16) -> ResNet:
     return ResNet(BACKBONES[name], output_stride)
 
 
+# torch.save's legacy (pre-zip) files open with this pickled number (torch.serialization).
+_LEGACY_TORCH_HEADER = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
+def _in_torch_save_format(path: Path) -> bool:
+    """A zip archive (torch.save since PyTorch 1.6) or a legacy torch.save file."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(len(_LEGACY_TORCH_HEADER)) == _LEGACY_TORCH_HEADER
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a weight file: safetensors, or a PyTorch file read without pickle code.
 
@@ -171,7 +184,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise DKDError(f"{path}: not a readable safetensors file ({e})") from e
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's refusal of anything but tensors
+    except pickle.UnpicklingError:  # the weights-only unpickler stopped
+        if not _in_torch_save_format(path):  # random bytes, a plain pickle: nothing was run
+            raise DKDError(
+                f"{path}: not a readable PyTorch weight file (not written by torch.save)"
+            ) from None
+        # A torch.save file the weights-only unpickler refused: it holds more than tensors.
         raise DKDError(
             f"{path} holds Python objects besides tensors (pickled code) and was not loaded: "
             "loading it could run that code. If you trust its source, convert it once in an "

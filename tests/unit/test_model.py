@@ -1,12 +1,14 @@
 """DeepLabV3: decomposition, auxiliary classifier, growth, frozen BN, parameter groups (docs/method.md §3, §5, §6)."""
 
 import argparse
+import inspect
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from dkd_core.config import ModelConfig
 from dkd_core.errors import DKDError
 from dkd_core.model import DeepLabV3, build_backbone, load_imagenet_weights, predict_from_logits
 from dkd_core.model.resnet import BACKBONE_BN_MOMENTUM
@@ -259,3 +261,50 @@ def test_bad_classes_per_step():
         DeepLabV3((4,), backbone="resnet7")
     with pytest.raises(DKDError, match="output_stride"):
         DeepLabV3((4,), backbone="tiny", output_stride=4)
+
+
+def test_defaults_are_the_model_configs():
+    # One source of truth: building from an empty config gives DeepLabV3's defaults.
+    defaults = {name: p.default for name, p in inspect.signature(DeepLabV3).parameters.items()}
+    config = ModelConfig()
+    assert defaults["backbone"] == config.backbone == "resnet101"
+    assert defaults["output_stride"] == config.output_stride == 16
+    assert defaults["aspp_channels"] == config.aspp_channels == 256
+    assert defaults["classes_per_step"] == (15, 1)  # VOC 15-1's first two steps
+    assert defaults["pretrained_backbone"] is None
+    # ASPP dropout 0.1, as in DeepLabV3; training builds the model with this default.
+    model = DeepLabV3((4,), backbone="tiny")
+    assert model.aspp.dropout.p == 0.1 and model.config()["dropout"] == 0.1
+
+
+def test_new_heads_are_created_on_the_models_device():
+    # The meta device stands in for a GPU: a head left on the CPU would show.
+    model = tiny((4,)).to("meta")
+    model.add_step(2, init_from_auxiliary=False)
+    model.add_step(1)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+def test_new_heads_without_ac_start_kaiming_normal():
+    model = tiny((4,))
+    model.add_step(512, init_from_auxiliary=False)  # [512, 32, 1, 1]: enough values for a std
+    weight = model.step_heads[-1].weight
+    # He et al.: std sqrt(2 / fan_in); PyTorch's own default would be 1 / sqrt(3 fan_in).
+    assert weight.std().item() == pytest.approx((2 / 32) ** 0.5, rel=0.05)
+
+
+def test_predict_just_above_one_half_is_foreground():
+    # sigmoid(0.1) = 0.525: above the 0.5 threshold by less than a tenth of it.
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.1, -0.1]], [[-4.0, -4.0]]]])  # [1, 1 + 2, 1, 2]
+    assert predict_from_logits(logits).tolist() == [[[1, 0]]]
+
+
+def test_freeze_bn_takes_effect_at_once():
+    model = tiny().train()
+    model.freeze_bn()  # no train() call after it
+    assert all(
+        not m.training
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d | torch.nn.Dropout)
+    )
+    assert model.backbone.conv1.training  # the rest stays in training mode
