@@ -78,6 +78,12 @@ class BackboneSpec:
     widths: tuple[int, int, int, int]
     stem_width: int
 
+    def __post_init__(self) -> None:
+        # A stage's first block is always built (it carries the stride and the
+        # downsample), so a count of 0 would quietly build 1.
+        if any(n < 1 for n in self.blocks_per_stage):
+            raise ValueError(f"every stage needs at least one block, got {self.blocks_per_stage}")
+
 
 BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), 64),

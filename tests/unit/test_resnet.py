@@ -13,6 +13,7 @@ from dkd_core.errors import DKDError
 from dkd_core.model.resnet import (
     BACKBONE_BN_MOMENTUM,
     BACKBONES,
+    BackboneSpec,
     BasicBlock,
     Bottleneck,
     ResNet,
@@ -271,3 +272,9 @@ def test_residual_blocks_add_the_shortcut_before_the_last_relu(block):
         for layer in layers:
             residual = layer(residual)
         assert torch.allclose(net(x.clone()), torch.relu(residual + x), atol=1e-6)
+
+
+def test_a_stage_without_blocks_is_refused():
+    """The first block of a stage is always built, so 0 blocks would quietly build 1."""
+    with pytest.raises(ValueError, match=r"at least one block, got \(0, 1, 1, 1\)"):
+        BackboneSpec(BasicBlock, (0, 1, 1, 1), (16, 32, 64, 128), 16)
