@@ -278,3 +278,12 @@ def test_a_stage_without_blocks_is_refused():
     """The first block of a stage is always built, so 0 blocks would quietly build 1."""
     with pytest.raises(ValueError, match=r"at least one block, got \(0, 1, 1, 1\)"):
         BackboneSpec(BasicBlock, (0, 1, 1, 1), (16, 32, 64, 128), 16)
+
+
+@pytest.mark.parametrize("field", ["blocks_per_stage", "widths"])
+def test_a_spec_without_four_stages_is_refused(field):
+    """Four stages, each with its stride/dilation: a shorter spec must not build fewer."""
+    values = {"blocks_per_stage": (1, 1, 1, 1), "widths": (16, 32, 64, 128)}
+    values[field] = values[field][:3]
+    with pytest.raises(ValueError, match="zip"):
+        ResNet(BackboneSpec(BasicBlock, values["blocks_per_stage"], values["widths"], 16))
