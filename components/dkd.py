@@ -222,11 +222,10 @@ def evaluate(
     with open(per_class.path, "w") as f:
         f.write(f"IoU (%) per class (* = added after step 0)\n\n| class | IoU |\n|---|---|\n{rows}")
     if samples > 0:
-        from dkd_core.samples import INDEX_FILE, samples_folder, write_samples
+        from dkd_core.samples import ensure_samples
 
-        index = join(samples_folder(model.uri), INDEX_FILE)
-        if recompute or not open_store(index).exists(index):
-            folder = write_samples(model.uri, manifest.uri, samples)
+        folder = ensure_samples(model.uri, manifest.uri, samples, recompute)
+        if folder is not None:
             print(f"{samples} sample predictions in {folder}")
     history = []
     if history_in is not None:
@@ -291,7 +290,7 @@ def report(
         shutil.copyfile(files.markdown, markdown.path)
         shutil.copyfile(files.html, html.path)
         os.makedirs(plots.path, exist_ok=True)
-        for path in (files.steps_plot, files.classes_plot, files.summary):
+        for path in (*files.figures, files.summary):
             shutil.copy(path, plots.path)
 
 

@@ -101,15 +101,13 @@ def _write_samples(checkpoint: str, manifest: str | None, count: int | None) -> 
     """
     import logging
 
-    from dkd_core.samples import DEFAULT_COUNT, INDEX_FILE, samples_folder, write_samples
-    from dkd_core.storage import join, open_store
+    from dkd_core.samples import DEFAULT_COUNT, ensure_samples
 
     count = DEFAULT_COUNT if count is None else count
-    index = join(samples_folder(checkpoint), INDEX_FILE)
-    if count <= 0 or open_store(index).exists(index):
+    if count <= 0:
         return
     try:
-        write_samples(checkpoint, manifest, count)
+        ensure_samples(checkpoint, manifest, count)
     except (DKDError, OSError) as e:
         logging.getLogger(__name__).warning("no sample predictions for the report: %s", e)
 
@@ -215,7 +213,7 @@ def _ensure_samples(runs, args: argparse.Namespace) -> int:
     with a warning (the report then notes that its samples are missing)."""
     import logging
 
-    from dkd_core.samples import DEFAULT_COUNT, INDEX_FILE, samples_folder, write_samples
+    from dkd_core.samples import DEFAULT_COUNT, ensure_samples
     from dkd_core.storage import join, open_store
 
     _setup_logging()
@@ -226,15 +224,12 @@ def _ensure_samples(runs, args: argparse.Namespace) -> int:
             checkpoint = step.get("checkpoint")
             if not checkpoint:
                 continue
-            index = join(samples_folder(checkpoint), INDEX_FILE)
-            if open_store(index).exists(index) and not args.recompute_samples:
-                continue
             if not open_store(checkpoint).exists(join(checkpoint, "meta.json")):
                 continue
-            manifest = run.info.get("manifest")
+            count, manifest = args.samples or DEFAULT_COUNT, run.info.get("manifest")
             try:
-                write_samples(checkpoint, manifest, args.samples or DEFAULT_COUNT)
-                computed += 1
+                if ensure_samples(checkpoint, manifest, count, args.recompute_samples):
+                    computed += 1
             except DKDError as e:
                 log.warning("%s, step %d: samples not computed: %s", run.label, t, e)
     return computed

@@ -162,3 +162,17 @@ def write_samples(
         },
     )
     return folder
+
+
+def ensure_samples(
+    checkpoint: str,
+    manifest: str | None = None,
+    count: int = DEFAULT_COUNT,
+    recompute: bool = False,
+) -> str | None:
+    """`write_samples` unless the step has its samples already (its index.json) and not
+    `recompute`; the folder written, or None when nothing was predicted."""
+    index = join(samples_folder(checkpoint), INDEX_FILE)
+    if not recompute and open_store(index).exists(index):
+        return None
+    return write_samples(checkpoint, manifest, count)

@@ -109,8 +109,9 @@ def test_report_files_embed_the_plots(toy_run):
     assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == 6
     assert "Qualitative results" in html and "Provenance" in html
     assert run.markdown.read_text().startswith("# DKD toy 4-1")
-    for name in ("miou_steps.png", "per_class_iou.png", "summary.json"):
-        assert (run.report_dir / name).is_file()
+    for name in ("miou_steps.png", "per_class_iou.png", "forgetting.png", "training_loss.png",
+                 "throughput.png", "samples.png", "summary.json"):  # fmt: skip
+        assert (run.report_dir / name).is_file(), name
     # Found from the history's checkpoint URIs: every step's train log, provenance, samples.
     assert json.loads((run.report_dir / "summary.json").read_text())["notes"] == []
     assert Path(run.artifacts["report"]).read_text() == html  # the pipeline's output artifact

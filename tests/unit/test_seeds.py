@@ -189,6 +189,9 @@ def test_the_report_pairs_each_history_with_its_seed(tmp_path):
     history = json.loads(out["history"].read_text())
     assert list(history) == ["1", "2"] and history["2"][1]["miou_old"] == 30.0
     assert "±" in out["markdown"].read_text()
+    # The plots artifact holds every figure the page embeds, not only the first two.
+    pngs = sorted(p.name for p in out["plots"].glob("*.png"))
+    assert len(pngs) == out["html"].read_text().count("data:image/png;base64,") > 2, pngs
 
 
 def test_the_report_refuses_histories_that_do_not_match_the_seeds(tmp_path):
