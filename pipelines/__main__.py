@@ -212,8 +212,9 @@ def cmd_render_job(args: argparse.Namespace) -> int:
     options = _compile_options(args)
     options.pop("launcher")
     manifest = render_step(
-        args.name, args.step, args.launcher, params, args.namespace, seed=args.seed, **options
-    )
+        args.name, args.step, args.launcher, params, args.namespace, seed=args.seed,
+        overrides=args.override, **options,
+    )  # fmt: skip
     sys.stdout.write(to_yaml(manifest))
     return 0
 

@@ -9,7 +9,7 @@ and pod name labels. Nothing here imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -41,12 +41,14 @@ def render_step(
     params: Mapping[str, Any] | list[str] = (),
     namespace: str = "kubeflow",
     seed: int | None = None,
+    overrides: Sequence[str] = (),
     **options: Any,
 ) -> dict[str, Any]:
     """The manifest of step `step`'s job for pipeline `name` (compile `options` as for
     `build_pipeline`) in the chain of `seed` (default: the first of the `seeds`
     parameter); an empty `namespace` parameter becomes `namespace`, the component
-    pod's namespace it would resolve to (standalone KFP: kubeflow)."""
+    pod's namespace it would resolve to (standalone KFP: kubeflow). `overrides` are
+    added to the `overrides` parameter, as `submit --override` adds them."""
     from dkd_core.launch import render_job
 
     if launcher not in RENDERABLE:
@@ -56,6 +58,8 @@ def render_step(
     inputs = pipeline.component_spec.inputs
     args = {k: v.default for k, v in inputs.items() if v.default is not None}
     args.update(parse_params(pipeline, params))
+    if overrides:
+        args["overrides"] = [*args.get("overrides", []), *overrides]
     args.setdefault("dataset_uri", "s3://DATASET")
     config = load_config(path)
     steps = builder._task(config).num_steps

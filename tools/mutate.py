@@ -27,6 +27,7 @@ CPU: without CUDA those mutants are reported as `cpu-only` and not run.
     python tools/mutate.py --module dkd_core/losses.py --list
     python tools/mutate.py --module dkd_core/evaluate.py --match "pred >= n" --match "n * n"
     python tools/mutate.py --module dkd_core/train.py --start 35   # continue at mutant #35
+    python tools/mutate.py --module dkd_core/train.py --only 66-70,74   # these mutants only
 
 Results: one line per mutant on stdout, and build/mutate/<module>.json. The
 repository itself is never modified (the copy lives in a temporary folder).
@@ -494,6 +495,8 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     # --start continues a stopped sweep: only mutants from the N-th of the walk on are
     # candidates (and --sample draws from them).
     candidates = list(range(max(0, args.start - 1), len(mutants)))
+    if args.only:
+        candidates = [i for i in candidates if i + 1 in args.only]
     if args.match:
         chosen = [i for i in candidates if any(text in mutants[i].key for text in args.match)]
     elif args.sample and args.sample < len(candidates):
@@ -545,7 +548,7 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
         "module": module, "mutants_total": len(mutants), "mutants_run": len(results),
         "sampled": bool(args.sample) and len(chosen) < len(candidates), "seed": args.seed,
         "match": args.match,
-        "start": args.start, **counts,
+        "start": args.start, "only": sorted(args.only) if args.only else None, **counts,
         "kill_rate_non_equivalent": rate,
         "survivors": [asdict(m) for m in results if m.status == "survived"],
         "mutants": [asdict(m) for m in results],
@@ -554,6 +557,23 @@ def mutate_module(module: str, args, equivalents: dict[str, str], workdir: Path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _numbers(text: str) -> set[int]:
+    """'66-70,74' -> {66, 67, 68, 69, 70, 74}: mutant numbers as the sweep prints them."""
+    numbers: set[int] = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected numbers like 66-70,74, got {part!r}"
+            ) from None
+        if low < 1 or high < low:
+            raise argparse.ArgumentTypeError(f"expected a range N-M with 1 <= N <= M, got {part!r}")
+        numbers.update(range(low, high + 1))
+    return numbers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -569,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the mutants whose key contains this text (repeatable)")  # fmt: skip
     parser.add_argument("--start", type=int, default=1,
                         help="only mutants from the N-th of the walk on (continue a stopped sweep)")  # fmt: skip
+    parser.add_argument("--only", type=_numbers, default=None, metavar="N,N-M",
+                        help="only these mutants, by their #number (e.g. 66-70,74)")  # fmt: skip
     args = parser.parse_args(argv)
     # `kill` (SIGTERM) unwinds like Ctrl-C: the running tests stop, the copy is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -203,6 +203,21 @@ def test_render_job_prints_the_pytorchjob_of_a_step(capsys):
     }  # fmt: skip
 
 
+def test_render_job_adds_override_to_the_overrides_parameter(capsys):
+    """`--override` reaches the job's config, after what `--param overrides=` gave."""
+    job = render(capsys, "--launcher", "pytorchjob", "--param", "overrides=[optim.lr=0.02]",
+                 "--override", "optim.lr=0.5", "--override", "train.log_every=7")  # fmt: skip
+    command = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+        "command"
+    ]
+    assert "optim.lr=0.5" in command and "train.log_every=7" in command
+    assert command.index("optim.lr=0.5") > command.index("optim.lr=0.02")
+    assert main(["render-job", "voc_15-1", "--step", "0", "--launcher", "pytorchjob",
+                 "--image", IMAGE, "--override", "optim.no_such_key=1"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no_such_key" in err[0], err
+
+
 def test_render_job_prints_the_trainjob_with_the_pod_parameters(capsys):
     tolerations = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
     job = render(
