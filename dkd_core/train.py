@@ -240,6 +240,11 @@ def train_step(
         where = StepLocations(checkpoint_out or where.checkpoint, manifest or where.manifest)
         if teacher is None and step.index > 0:
             teacher = StepLocations.of_run(config.run.output, step.index - 1).checkpoint
+        if teacher is not None and step.index == 0:  # docs/method.md §5: step 0 has none
+            raise DKDError(
+                f"--teacher {teacher}: step 0 trains from scratch and takes no teacher; "
+                "a teacher is step t-1's final checkpoint, for steps t > 0"
+            )
         if info.is_main:
             lease = StepLease(where.folder, f"step {step.index} ({where.folder})")
         distributed.on_main(info, lambda: lease.acquire())

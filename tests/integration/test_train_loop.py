@@ -1,10 +1,12 @@
 """The training loop of `train_step`, seen from its collaborators, on a tiny toy dataset.
 
 One uninterrupted step 0 (A), the same step interrupted before its final
-checkpoint and resumed (B), and step 1 with one exemplar (C), all with
-micro-batches and an enabled loss scaler. Recorded: every call the loop makes
-on its metrics, the loss terms of every micro-batch and the gradient of each
-update, the train log, the periodic checkpoints. A few seconds in all.
+checkpoint and resumed (B), interrupted mid-way and resumed from an older
+periodic checkpoint with progress lines on (D), and step 1 with one exemplar
+(C), all with micro-batches and an enabled loss scaler. Recorded: every call
+the loop makes on its metrics, the loss terms of every micro-batch and the
+gradient of each update, the epoch of every training sample fetched, the train
+log, the periodic checkpoints, the progress lines. A few seconds in all.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import dkd_core.train as train_module
 from dkd_core.checkpoint import load_model_checkpoint, read_meta
 from dkd_core.config import load_config
+from dkd_core.data.dataset import SegmentationDataset
 from dkd_core.errors import DKDError
 from dkd_core.lease import LEASE_FILE
 from dkd_core.metrics import TrainingMetrics
@@ -64,6 +67,7 @@ class Seen:
     published_log: list[int | None] = field(default_factory=list)
     replicas_checked: list[int] = field(default_factory=list)
     progress_lines: list[str] = field(default_factory=list)
+    sample_epochs: list[int] = field(default_factory=list)  # the train set's, per fetch
     metrics: list[TrainingMetrics] = field(default_factory=list)
     initial: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
@@ -118,7 +122,15 @@ def instrument(patch: pytest.MonkeyPatch, seen: Seen, step_folder: Path) -> None
 
     def loader(train_set, *args, **kwargs):
         seen.train_set_sizes.append(len(train_set))
+        model_of["train_set"] = train_set
         return real_loader(train_set, *args, **kwargs)
+
+    real_getitem = SegmentationDataset.__getitem__
+
+    def getitem(self, index):
+        if self is model_of.get("train_set"):  # not the test set, nor the exemplar pass
+            seen.sample_epochs.append(self.epoch)
+        return real_getitem(self, index)
 
     def losses(outputs, teacher_outputs, labels, step, weights):
         terms = real_losses(outputs, teacher_outputs, labels, step, weights)
@@ -157,7 +169,10 @@ def instrument(patch: pytest.MonkeyPatch, seen: Seen, step_folder: Path) -> None
             seen.progress_lines.append(record.getMessage())
 
     handler = Lines()
-    logging.getLogger("dkd_core.progress").addHandler(handler)
+    progress_log = logging.getLogger("dkd_core.progress")
+    progress_log.addHandler(handler)
+    patch.setattr(progress_log, "level", logging.INFO)  # seen whatever the root's level
+    patch.setattr(SegmentationDataset, "__getitem__", getitem)
     patch.setattr(train_module, "TrainingMetrics", Recording)
     patch.setattr(train_module, "dkd_losses", losses)
     patch.setattr(train_module, "train_loader", loader)
@@ -202,8 +217,15 @@ def runs(tmp_path_factory):
         env.setenv("DKD_CACHE", str(tmp_path_factory.mktemp("cache")))
         env.delenv("DKD_RUN_ID", raising=False)
         out_a, out_b = tmp_path_factory.mktemp("a"), tmp_path_factory.mktemp("b")
+        out_d = tmp_path_factory.mktemp("d")
         config_a = load_config(CONFIGS / "toy.yaml", settings(root, out_a))
         config_b = load_config(CONFIGS / "toy.yaml", settings(root, out_b))
+        config_d = load_config(CONFIGS / "toy.yaml", settings(root, out_d))
+        # The same step; progress lines are in config.RESULT_NEUTRAL_KEYS.
+        config_d_progress = load_config(
+            CONFIGS / "toy.yaml",
+            settings(root, out_d, "train.progress=true", "train.progress_seconds=0.001"),
+        )
 
         def train(step):
             return lambda patch, config: train_module.train_step(config, step)
@@ -219,16 +241,36 @@ def runs(tmp_path_factory):
             torch.manual_seed(2)
             return interrupt_before_final_checkpoint(patch, config)
 
+        def interrupted_at(iteration):  # Ctrl-C in the middle of update `iteration + 1`
+            real_check = train_module._check_finite
+
+            def check(terms, done, *args):
+                if done == iteration:
+                    raise KeyboardInterrupt
+                return real_check(terms, done, *args)
+
+            def call(patch, config):
+                patch.setattr(train_module, "_check_finite", check)
+                with pytest.raises(TrainingInterrupted):
+                    train_module.train_step(config, 0)
+
+            return call
+
         a = observed(seeded(1, 0), config_a, out_a / "step_0", patch_remote=True)
         b1 = observed(interrupted, config_b, out_b / "step_0")
         b1_periodic = sorted(p.name for p in (out_b / "step_0" / "periodic").iterdir())
         b1_log = (out_b / "step_0" / "train_log.jsonl").read_text()
         b2 = observed(seeded(3, 0), config_b, out_b / "step_0")
+        # Stopped in update 5, after the log at 4: resumed from the checkpoint at 3.
+        d1 = observed(interrupted_at(4), config_d, out_d / "step_0")
+        d1_log = (out_d / "step_0" / "train_log.jsonl").read_text()
+        d2 = observed(seeded(4, 0), config_d_progress, out_d / "step_0")
         again = observed(train(0), config_a, out_a / "step_0")
         c = observed(train(1), config_a, out_a / "step_1")
     return {
         "root": root, "out_a": out_a, "out_b": out_b, "config_a": config_a, "a": a, "b1": b1,
         "b1_periodic": b1_periodic, "b1_log": b1_log, "b2": b2, "again": again, "c": c,
+        "out_d": out_d, "d1": d1, "d1_log": d1_log, "d2": d2,
     }  # fmt: skip
 
 
@@ -356,7 +398,43 @@ def test_step1_trains_on_its_images_and_one_exemplar_and_step0_on_its_own(runs):
 
 
 def test_progress_lines_can_be_switched_off(runs):
-    assert all(runs[k][0].progress_lines == [] for k in ("a", "b1", "b2", "c"))
+    assert all(runs[k][0].progress_lines == [] for k in ("a", "b1", "b2", "c", "d1"))
+
+
+def test_progress_lines_count_from_the_resumed_iteration(runs):
+    """With train.progress on and no minimum interval: a line at each logged iteration
+    the resumed attempt trains (4, 6) and at the last (7), out of the step's 7."""
+    lines = runs["d2"][0].progress_lines
+    assert [line.split(",")[0] for line in lines] == [
+        "step 0: iteration 4/7 (57%)", "step 0: iteration 6/7 (86%)",
+        "step 0: iteration 7/7 (100%)",
+    ], lines  # fmt: skip
+
+
+def test_each_sample_is_augmented_with_its_epochs_draws(runs):
+    """The train set's augmentation follows the epoch of the iteration that fetches it
+    (docs/method.md §2), in a resumed attempt too."""
+    seen, _ = runs["a"]
+    batches_per_epoch = seen.train_set_sizes[0] // BATCH
+    epochs = [i // batches_per_epoch for i in range(STOP) for _ in range(BATCH)]
+    assert len(set(epochs)) > 1  # the step spans several epochs
+    assert seen.sample_epochs == epochs
+    assert runs["b2"][0].sample_epochs == epochs[-BATCH:]  # resumed at 6
+    assert runs["d2"][0].sample_epochs == epochs[3 * BATCH :]  # resumed at 3
+
+
+def test_a_step_resumed_from_an_older_checkpoint_logs_each_iteration_once(runs):
+    """Stopped after logging 4 but with the newest checkpoint at 3: the resumed attempt
+    drops the interrupted one's records past 3, so the log and the model are those of
+    the uninterrupted step."""
+    assert [json.loads(line)["iteration"] for line in runs["d1_log"].splitlines()] == [2, 4]
+    assert [c["iteration"] for c in runs["d2"][0].named("observe_iteration")] == [4, 5, 6, 7]
+    log_a = (runs["out_a"] / "step_0" / "train_log.jsonl").read_text()
+    assert (runs["out_d"] / "step_0" / "train_log.jsonl").read_text() == log_a
+    a = load_model_checkpoint(str(runs["out_a"] / "step_0" / "checkpoint"))[0].state_dict()
+    d = load_model_checkpoint(str(runs["out_d"] / "step_0" / "checkpoint"))[0].state_dict()
+    for key in a:
+        assert torch.equal(a[key], d[key]), key
 
 
 def test_a_non_finite_loss_stops_at_once(runs, tmp_path, monkeypatch):

@@ -71,6 +71,20 @@ def test_step1_without_a_teacher_checkpoint_is_an_error(tmp_path, teacher):
         train_module.build_student_and_teacher(toy(), TOY.step(1), uri)
 
 
+def test_a_teacher_at_step0_is_an_error_before_anything_is_written(tmp_path):
+    """Step 0 trains from scratch (docs/method.md §5): a teacher given to it is a mistake
+    (a wrong --step or --teacher), never silently ignored or recorded."""
+    output = tmp_path / "run"
+    config = toy(f"run.output={output}", "train.metrics_port=-1")
+    with pytest.raises(DKDError) as error:
+        train_module.train_step(config, 0, teacher=str(tmp_path / "step_0" / "checkpoint"))
+    assert str(error.value) == (
+        f"--teacher {tmp_path}/step_0/checkpoint: step 0 trains from scratch and takes no "
+        "teacher; a teacher is step t-1's final checkpoint, for steps t > 0"
+    )
+    assert not output.exists()
+
+
 def test_a_teacher_with_other_heads_is_an_error(tmp_path):
     model = DeepLabV3((3,), "tiny", 8, 16)
     save_model_checkpoint(tmp_path / "ckpt", model, {})
