@@ -45,9 +45,9 @@ gpu-check: ## the CUDA path on one GPU in < 8 min, JSON in build/ [REFERENCE_DIR
 		$(if $(REFERENCE_DIR),--reference-dir $(REFERENCE_DIR)) $(GPU_CHECK_ARGS)
 
 .PHONY: mutate
-mutate: setup ## mutation testing of the method's modules, niced (slow): [MODULE=dkd_core/losses.py] [SAMPLE=40 SEED=0]
+mutate: setup ## mutation testing of the method's modules, niced (slow): [MODULE=dkd_core/losses.py] [SAMPLE=40 SEED=0] [ONLY=66-70,74]
 	nice -n 19 $(PY) tools/mutate.py $(if $(MODULE),--module $(MODULE)) \
-		$(if $(SAMPLE),--sample $(SAMPLE) --seed $(or $(SEED),0))
+		$(if $(SAMPLE),--sample $(SAMPLE) --seed $(or $(SEED),0)) $(if $(ONLY),--only $(ONLY))
 
 PIPELINE ?= toy
 DATA ?= data/$(PIPELINE)
