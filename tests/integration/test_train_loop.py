@@ -12,7 +12,6 @@ log, the periodic checkpoints, the progress lines. A few seconds in all.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from dkd_core.data.dataset import SegmentationDataset
 from dkd_core.errors import DKDError
 from dkd_core.lease import LEASE_FILE
 from dkd_core.metrics import TrainingMetrics
+from dkd_core.progress import ProgressLine
 from dkd_core.resume import TrainingInterrupted
 from tests.integration.conftest import CONFIGS, interrupt_before_final_checkpoint
 from tests.s3_server import s3
@@ -164,14 +164,11 @@ def instrument(patch: pytest.MonkeyPatch, seen: Seen, step_folder: Path) -> None
         seen.replicas_checked.append(len(seen.update_grads))
         return real_check(model, info)
 
-    class Lines(logging.Handler):
-        def emit(self, record):
-            seen.progress_lines.append(record.getMessage())
+    class RecordingProgress(ProgressLine):  # the lines it writes, whatever logging's setup
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs, emit=seen.progress_lines.append)
 
-    handler = Lines()
-    progress_log = logging.getLogger("dkd_core.progress")
-    progress_log.addHandler(handler)
-    patch.setattr(progress_log, "level", logging.INFO)  # seen whatever the root's level
+    patch.setattr(train_module, "ProgressLine", RecordingProgress)
     patch.setattr(SegmentationDataset, "__getitem__", getitem)
     patch.setattr(train_module, "TrainingMetrics", Recording)
     patch.setattr(train_module, "dkd_losses", losses)
@@ -194,7 +191,6 @@ def observed(call, config, step_folder: Path, patch_remote: bool = False) -> tup
             result = call(patch, config)
         finally:
             seen.seconds = time.perf_counter() - started
-            logging.getLogger("dkd_core.progress").handlers.clear()
     return seen, result
 
 
