@@ -57,3 +57,12 @@ def test_list_with_only_and_start_shows_just_those_mutants(capsys):
     assert capsys.readouterr().out.splitlines() == [every[1], every[3], every[4]]
     assert mutate.main(["--module", module, "--list", "--only", "2,4-5", "--start", "4"]) == 0
     assert capsys.readouterr().out.splitlines() == [every[3], every[4]]
+
+
+def test_every_listed_equivalent_is_a_mutant_of_the_code_as_it_is():
+    """An entry left behind by a code change would excuse nothing, or the wrong line."""
+    keys = set()
+    for module in mutate.MODULE_TESTS:
+        _, mutants, _ = mutate.find_mutants((mutate.REPO / module).read_text())
+        keys |= {f"{module} | {m.key}" for m in mutants}
+    assert sorted(set(mutate.load_equivalents()) - keys) == []
