@@ -147,7 +147,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def submit_request(args: argparse.Namespace) -> tuple[Path, dict]:
     """The config and the run's parameters of `submit`, checked before anything is compiled."""
     from pipelines import builder
-    from pipelines.params import apply_seeds, parse_params
+    from pipelines.params import add_overrides, apply_seeds, parse_params
     from pipelines.submit import check_dataset_uri
 
     options = _compile_options(args)
@@ -158,8 +158,7 @@ def submit_request(args: argparse.Namespace) -> tuple[Path, dict]:
         if params.get("dataset_uri", args.data) != args.data:
             raise DKDError("--data and --param dataset_uri name different datasets: give one")
         params["dataset_uri"] = args.data
-    if args.override:
-        params["overrides"] = [*params.get("overrides", []), *args.override]
+    add_overrides(params, args.override)
     builder.run_seeds(config, params)  # a typo or a bad seed fails here, not later
     if "dataset_uri" not in params:
         raise DKDError(

@@ -32,7 +32,7 @@ from typing import Any
 from dkd_core.errors import DKDError
 from dkd_core.storage import is_remote
 from pipelines.builder import build_pipeline, run_seeds
-from pipelines.params import apply_seeds, parse_params
+from pipelines.params import add_overrides, apply_seeds, parse_params
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"^Executing task '([^']+)'")
@@ -275,14 +275,13 @@ def run_local(
     arguments["dataset_uri"] = str(data)
     # The tasks run here: they use this environment's S3_ENDPOINT (if any), not the cluster's.
     arguments.setdefault("s3_endpoint", "")
-    if overrides:
-        arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
+    add_overrides(arguments, overrides)
     chains = run_seeds(config_path, arguments)  # a typo or bad seed fails here, not in a task
     given = {o.partition("=")[0].strip() for o in arguments.get("overrides", [])}
     if len(chains) > 1 and "train.metrics_port" not in given:
         # Two chains train at once on this machine: their exporters cannot both take the
         # default port, so each takes a free one.
-        arguments["overrides"] = [*arguments.get("overrides", []), "train.metrics_port=0"]
+        add_overrides(arguments, ["train.metrics_port=0"])
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
     started = time.perf_counter()
     quiet = quiet_tasks(verbose, label_seeds=len(chains) > 1)

@@ -79,6 +79,14 @@ def parse_params(pipeline: Any, params: Sequence[str] | Mapping[str, Any]) -> di
     return out
 
 
+def add_overrides(arguments: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`arguments` with `overrides` appended to its `overrides` parameter (later ones win,
+    as on the command line): what `--override` adds to `--param overrides=[...]`."""
+    if overrides:
+        arguments["overrides"] = [*arguments.get("overrides", []), *overrides]
+    return arguments
+
+
 #: The pipeline parameter that runs one chain of steps per seed.
 SEEDS_PARAM = "seeds"
 SEEDS_EXAMPLE = "e.g. --seeds 1,2,3 (make ... SEEDS=1,2,3)"

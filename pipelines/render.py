@@ -17,7 +17,7 @@ import yaml
 from dkd_core.config import config_from_dict, config_to_dict, load_config
 from dkd_core.errors import DKDError
 from pipelines import builder, jobspec
-from pipelines.params import parse_params, seed_list
+from pipelines.params import add_overrides, parse_params, seed_list
 
 RENDERABLE = ("pytorchjob", "trainjob")
 #: Stand-ins for what KFP fills in at run time.
@@ -58,8 +58,7 @@ def render_step(
     inputs = pipeline.component_spec.inputs
     args = {k: v.default for k, v in inputs.items() if v.default is not None}
     args.update(parse_params(pipeline, params))
-    if overrides:
-        args["overrides"] = [*args.get("overrides", []), *overrides]
+    add_overrides(args, overrides)
     args.setdefault("dataset_uri", "s3://DATASET")
     config = load_config(path)
     steps = builder._task(config).num_steps
