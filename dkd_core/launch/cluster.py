@@ -55,6 +55,18 @@ METRICS_PORT_NAME = "metrics"
 #: Toleration of the taint GPU node pools usually carry (NVIDIA GPU operator, GKE, AKS):
 #: a toleration only allows a node, so it is harmless where there is no such taint.
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+#: The image's user and group (docker/Dockerfile: `USER 1000:1000`), the pods' default.
+IMAGE_UID = 1000
+#: Istio's per-pod opt-out of sidecar injection (istio/istio pkg/kube/inject/inject.go,
+#: `injectRequired`: the label, or the older annotation, "false" wins over a namespace's
+#: `istio-injection=enabled`). A sidecar breaks torchrun's rendezvous and keeps a pod
+#: Running after training, so the job never succeeds (kubeflow/trainer#1637); the
+#: training operator's docs say to turn injection off for job pods.
+ISTIO_INJECT = "sidecar.istio.io/inject"
+#: Kueue's queue label (kubernetes-sigs/kueue v0.19.2 pkg/controller/constants/constants.go
+#: `QueueLabel`): on a job, Kueue's webhook creates it suspended and unsuspends it once
+#: the LocalQueue admits it.
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -149,7 +161,13 @@ class ClusterSpec:
       `kfp_pod_name`: the Kubeflow Pipelines run and component pod that launch
       the job, put on the job and its pods as `KFP_RUN_ID_LABEL` and
       `KFP_POD_NAME_LABEL` (sanitised to label values) so orphans can be found.
-    - `run_as_user`: the pods' user id (default: the image's, which must not be root).
+    - `run_as_user`, `run_as_group`: the uid and gid every container of the pods runs
+      as (pod-level `runAsUser`, `runAsGroup`; `fsGroup` is `run_as_group`), default
+      the image's 1000. Numeric at pod level, so the kubelet never has to trust an
+      image's USER: the training operator's `init-pytorch` (alpine, root by default)
+      runs as this uid too instead of being refused under `runAsNonRoot`.
+    - `kueue_queue`: a Kueue LocalQueue; when set, the job carries `KUEUE_QUEUE_LABEL`
+      and waits suspended until admitted.
     - `trainjob_runtime`: the ClusterTrainingRuntime a TrainJob references.
     - `delete_after_done`: delete the job when it has finished (succeeded, failed
       or timed out); False keeps it for inspection, like the Kubeflow Pipelines
@@ -158,9 +176,9 @@ class ClusterSpec:
       A retry of the step replaces a failed job of the same name that it finds.
     - `log_tail_lines`: how many lines of the failing pod's log a failure reports.
     - `stuck_pod_grace_seconds`: how long a pod may stay in ImagePullBackOff,
-      ErrImagePull, InvalidImageName, CreateContainerConfigError or Unschedulable
-      before the step fails (instead of waiting for the step's timeout). Raise it
-      where a cluster autoscaler takes longer to bring up a GPU node.
+      ErrImagePull, InvalidImageName or CreateContainerConfigError before the step
+      fails (instead of waiting for the step's timeout). An Unschedulable pod (GPUs
+      busy, a node still being added) waits for the launcher's queue timeout instead.
     """
 
     namespace: str
@@ -183,7 +201,9 @@ class ClusterSpec:
     active_deadline_seconds: int | None = None
     ttl_seconds_after_finished: int | None = 3600
     labels: Pairs = ()
-    run_as_user: int | None = None
+    run_as_user: int = IMAGE_UID
+    run_as_group: int = IMAGE_UID
+    kueue_queue: str | None = None
     tmp_size: str | None = "100Gi"
     read_only_root_filesystem: bool = True
     trainjob_runtime: str = DEFAULT_RUNTIME
@@ -241,9 +261,7 @@ class ClusterSpec:
         for name, _ in self.env:
             if "=" in name:
                 raise DKDError(f"cluster spec env: {name!r} is not a valid variable name")
-        for key, value in self.all_labels().items():
-            _check_label(key, value, "labels")
-        for field in ("s3_secret", "service_account", "trainjob_runtime"):
+        for field in ("s3_secret", "service_account", "trainjob_runtime", "kueue_queue"):
             name = getattr(self, field)
             if name is not None and (
                 not isinstance(name, str)
@@ -251,6 +269,8 @@ class ClusterSpec:
                 or not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", name)
             ):
                 raise DKDError(f"cluster spec: {field} {name!r} is not a valid object name")
+        for key, value in self.job_labels().items():
+            _check_label(key, value, "labels")
         for field in ("kfp_run_id", "kfp_pod_name"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, str) or not label_value(value)):
@@ -263,10 +283,11 @@ class ClusterSpec:
             "active_deadline_seconds": 1,
             "ttl_seconds_after_finished": 0,
             "run_as_user": 1,
+            "run_as_group": 0,
             "log_tail_lines": 1,
             "stuck_pod_grace_seconds": 0,
         }
-        optional = ("active_deadline_seconds", "ttl_seconds_after_finished", "run_as_user")
+        optional = ("active_deadline_seconds", "ttl_seconds_after_finished")
         for field, low in minimum.items():
             value = getattr(self, field)
             if value is None and field in optional:
@@ -317,6 +338,28 @@ class ClusterSpec:
             out[KFP_POD_NAME_LABEL] = label_value(self.kfp_pod_name)
         return out
 
+    def job_labels(self) -> dict[str, str]:
+        """Labels of the job object: `all_labels` and, with `kueue_queue`, Kueue's queue label
+        (on the job only: Kueue reads it there, and a queue label on a pod would make
+        Kueue's pod integration, where enabled, gate the job's pods as pods of their own)."""
+        out = self.all_labels()
+        if self.kueue_queue:
+            out[KUEUE_QUEUE_LABEL] = self.kueue_queue
+        return out
+
+    @staticmethod
+    def pod_annotations() -> dict[str, str]:
+        """Annotations of every job pod: no Istio sidecar (`ISTIO_INJECT`)."""
+        return {ISTIO_INJECT: "false"}
+
+    def pod_metadata(self) -> dict[str, Any]:
+        """Labels and annotations of every job pod (the label form of `ISTIO_INJECT` too:
+        Istio reads the label first, the annotation on older releases)."""
+        return {
+            "labels": {**self.all_labels(), ISTIO_INJECT: "false"},
+            "annotations": self.pod_annotations(),
+        }
+
     def resources(self) -> dict[str, dict[str, Any]]:
         """Container `resources`: cpu/memory requests and limits, GPUs as a limit."""
         requests = {"cpu": self.cpu_request, "memory": self.memory_request}
@@ -362,17 +405,27 @@ class ClusterSpec:
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         }
-        if self.run_as_user is not None:
-            ctx["runAsUser"] = self.run_as_user
+        ctx["runAsUser"] = self.run_as_user
+        ctx["runAsGroup"] = self.run_as_group
         return ctx
 
     def pod_security_context(self) -> dict[str, Any]:
-        """The pod's: non-root and runtime-default seccomp for every container of the pod
-        (the operators' own init containers included)."""
-        ctx: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
-        if self.run_as_user is not None:
-            ctx["runAsUser"] = self.run_as_user
-        return ctx
+        """The pod's, for every container of the pod (the operators' own init containers
+        included): non-root with a numeric uid and gid, `fsGroup` owning the volumes,
+        runtime-default seccomp.
+
+        The kubelet refuses a container under `runAsNonRoot` whose effective uid is
+        unknown and whose image runs as root (kubernetes/kubernetes
+        pkg/kubelet/kuberuntime/security_context_others.go, `verifyRunAsNonRoot`); a
+        numeric `runAsUser` here is what every container inherits.
+        """
+        return {
+            "runAsNonRoot": True,
+            "runAsUser": self.run_as_user,
+            "runAsGroup": self.run_as_group,
+            "fsGroup": self.run_as_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
 
     def volumes(self) -> list[dict[str, Any]]:
         """/dev/shm (memory-backed: data-loader workers share tensors there) and /tmp."""

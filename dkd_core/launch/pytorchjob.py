@@ -77,7 +77,7 @@ def pod_template(spec: ClusterSpec, command: list[str] | None = None) -> dict[st
         "containers": [container],
         "volumes": spec.volumes(),
     }
-    return {"metadata": {"labels": spec.all_labels()}, "spec": pod_spec}
+    return {"metadata": spec.pod_metadata(), "spec": pod_spec}
 
 
 def _replica(job: StepJob, spec: ClusterSpec, replicas: int) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def render_pytorchjob(job: StepJob, spec: ClusterSpec) -> dict[str, Any]:
         "metadata": {
             "name": job.name,
             "namespace": spec.namespace,
-            "labels": spec.all_labels(),
+            "labels": spec.job_labels(),
         },
         "spec": {
             # A string in v1 (torchrun also accepts "auto", "gpu", "cpu"); the

@@ -7,7 +7,7 @@ the `metrics` port the PodMonitor scrapes and the pod settings a TrainJob cannot
 patch) and sets the trainer's image, command, node count, processes per node,
 resources and env. What `spec.trainer` cannot say goes into a `runtimePatches`
 entry (the release-2.3 successor of `podTemplateOverrides`), which may patch, per
-replicated job, the pod's labels, volumes, security context, nodeSelector,
+replicated job, the pod's labels and annotations (no Istio sidecar), volumes, security context, nodeSelector,
 tolerations, service account, and the container's volumeMounts and securityContext:
 
 - /dev/shm and /tmp: emptyDir volumes and mounts, patched in;
@@ -101,7 +101,7 @@ def _runtime_patch(spec: ClusterSpec) -> dict[str, Any]:
         ],
         "volumes": spec.volumes(),
     }
-    pod_template = {"metadata": {"labels": spec.all_labels()}, "spec": pod_spec}
+    pod_template = {"metadata": spec.pod_metadata(), "spec": pod_spec}
     return {
         "manager": PATCH_MANAGER,
         "trainingRuntimeSpec": {
@@ -146,7 +146,7 @@ def render_trainjob(job: StepJob, spec: ClusterSpec, runtime: str | None = None)
     return {
         "apiVersion": TRAINJOB.api_version,
         "kind": TRAINJOB.kind,
-        "metadata": {"name": job.name, "namespace": spec.namespace, "labels": spec.all_labels()},
+        "metadata": {"name": job.name, "namespace": spec.namespace, "labels": spec.job_labels()},
         "spec": body,
     }
 

@@ -255,8 +255,13 @@ def test_pytorchjob_manifest_is_valid_and_complete(gpus, nodes):
         assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["securityContext"] == {
             "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         }
+        assert rs["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        assert rs["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
         assert pod["serviceAccountName"] == "dkd-runner"
         assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -1113,8 +1118,8 @@ def test_jobs_and_pods_carry_the_pipeline_run_and_pod():
             [patch] = m["spec"]["runtimePatches"]
             [rjob] = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
             pods = [rjob["template"]["spec"]["template"]]
-        for pod in pods:
-            assert pod["metadata"]["labels"] == labels
+        for pod in pods:  # the job's labels, and the pod's own opt-out of Istio's sidecar
+            assert pod["metadata"]["labels"] == {**labels, "sidecar.istio.io/inject": "false"}
     assert label_value("a/b:c d") == "a-b-c-d"
     assert label_value("x" * 80) != label_value("x" * 81)
 
