@@ -74,6 +74,7 @@ def _cluster_backend(backend: str, launcher_class: type[ClusterLauncher]) -> Cal
         spec: ClusterSpec | None = None,
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        queue_timeout_seconds: float | None = None,
         poll_seconds: float = 10.0,
         keep: bool = False,
         log: Log = print,
@@ -82,7 +83,10 @@ def _cluster_backend(backend: str, launcher_class: type[ClusterLauncher]) -> Cal
         **options: Any,  # trainjob: runtime
     ) -> None:
         launcher = launcher_class(api, pods, **options)
-        launcher.launch(job, _need_spec(backend, spec), timeout_seconds, poll_seconds, keep, log)
+        launcher.launch(
+            job, _need_spec(backend, spec), timeout_seconds, poll_seconds, keep, log,
+            queue_timeout_seconds=queue_timeout_seconds,
+        )  # fmt: skip
 
     launch.__name__ = f"launch_{backend}"
     return launch
@@ -125,7 +129,8 @@ def launch_step(backend: str, job: StepJob, spec: ClusterSpec | None = None, **k
 
     Keyword arguments go to the backend: `local` takes env, log, cwd, argv, timeout_seconds;
     `pytorchjob` and `trainjob` take timeout_seconds (default 24 h),
-    poll_seconds, keep, log, api, pods, and `trainjob` also runtime (default:
+    queue_timeout_seconds (how long the job may wait suspended in a Kueue queue, or
+    for Unschedulable pods; default timeout_seconds), poll_seconds, keep, log, api, pods, and `trainjob` also runtime (default:
     `spec.trainjob_runtime`).
     """
     try:

@@ -30,6 +30,7 @@ PYTORCHJOB = JobKind(
     failure="Failed",
     pod_label="training.kubeflow.org/job-name",
     container="pytorch",
+    suspend_field=("spec", "runPolicy", "suspend"),
 )
 
 

@@ -54,6 +54,7 @@ TRAINJOB = JobKind(
     failure="Failed",
     pod_label="jobset.sigs.k8s.io/jobset-name",
     container=NODE,
+    suspend_field=("spec", "suspend"),
 )
 
 

@@ -8,17 +8,25 @@ Running, Restarting, Suspended, ...) means "keep waiting", until an explicit
 deadline. Transient API errors (429, 5xx, connection errors) while polling
 are retried.
 
+Queues: a suspended job (Kueue creates a job labelled with a LocalQueue suspended, and
+unsuspends it once admitted) is queued, not stuck: the launcher waits, logging the
+admission status of the job's Kueue Workload, for at most the queue timeout
+(`queue_timeout_seconds`, default the step's timeout); the time spent queued does not
+count against the step's timeout. A pod that stays Unschedulable (GPUs busy, a node
+still being added by an autoscaler) is waited for up to the queue timeout too.
+
 A retried pipeline step creates a job of the same name: when the create answers
 409 (AlreadyExists) the existing job is adopted and waited on if it is ours (our
 labels, the same pipeline run), or deleted and created anew if it had failed.
 While waiting, the job's pods are watched: one that stays in ImagePullBackOff,
-ErrImagePull, InvalidImageName, CreateContainerConfigError or Unschedulable for
+ErrImagePull, InvalidImageName or CreateContainerConfigError for
 `ClusterSpec.stuck_pod_grace_seconds` fails the step with the pod's reason, long
 before the step's timeout. Everything that talks to the cluster is injectable
 (`api`, `pods`, `clock`, `sleep`), so the loop is tested without one.
 
 API calls, i.e. what the Role in k8s/base/rbac must grant and grants: create,
-get and delete of the job resource; list of pods; get of pods/log.
+get and delete of the job resource; list of pods; get of pods/log; list of Kueue
+Workloads (only while a job is suspended; refused is logged, not fatal).
 """
 
 from __future__ import annotations
@@ -56,6 +64,13 @@ _CREATE_ATTEMPTS = 5
 _DELETE_ATTEMPTS = 3
 #: How long a failed job of an earlier attempt may take to go away before we give up.
 _REPLACE_SECONDS = 600
+#: Kueue's Workload (kubernetes-sigs/kueue v0.19.2: v1beta2 is served and stored, v1beta1
+#: deprecated) and the label tying it to its job (pkg/controller/constants `JobUIDLabel`).
+KUEUE_GROUP, KUEUE_VERSION, KUEUE_WORKLOADS = "kueue.x-k8s.io", "v1beta2", "workloads"
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+#: Condition type both operators set while a job is suspended (training operator v1.9.4
+#: `JobSuspended`, Trainer v2.3.0 `TrainJobSuspended`).
+SUSPENDED = "Suspended"
 
 
 class CustomObjectsAPI(Protocol):
@@ -71,6 +86,10 @@ class CustomObjectsAPI(Protocol):
 
     def delete_namespaced_custom_object(
         self, group: str, version: str, namespace: str, plural: str, name: str, **kw: Any
+    ) -> Any: ...
+
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, **kw: Any
     ) -> Any: ...
 
 
@@ -100,6 +119,7 @@ class JobKind:
     failure: str  # condition type that means it failed for good
     pod_label: str  # label whose value is the job name, on the job's pods
     container: str  # the training container in those pods
+    suspend_field: tuple[str, ...]  # path of the job's `suspend` flag (what Kueue sets)
 
     @property
     def api_version(self) -> str:
@@ -131,6 +151,14 @@ def describe_conditions(conditions: Sequence[Mapping[str, Any]]) -> str:
             text += f" ({c['reason']})"
         parts.append(text)
     return ", ".join(parts)
+
+
+def is_suspended(obj: Mapping[str, Any] | None, kind: JobKind) -> bool:
+    """Whether the job is suspended: its `suspend` flag, or a Suspended=True condition."""
+    value: Any = obj or {}
+    for key in kind.suspend_field:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value is True or true_condition(conditions_of(obj), SUSPENDED) is not None
 
 
 def _latest_true(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
@@ -286,6 +314,45 @@ def ownership_problem(obj: Mapping[str, Any], spec: ClusterSpec) -> str | None:
     return None
 
 
+@dataclass
+class _Limits:
+    """The clocks of one wait: the step's deadline, pushed back by the time the job spends
+    queued (suspended), and the total time queued, bounded by `queue_timeout`."""
+
+    deadline: float
+    timeout: float
+    queue_timeout: float
+    queued_before: float = 0.0  # seconds queued in earlier spells
+    queued_since: float | None = None
+
+    def queue(self, now: float) -> bool:
+        """The job is suspended at `now`; True when a spell of queueing starts."""
+        if self.queued_since is None:
+            self.queued_since = now
+            return True
+        return False
+
+    def admit(self, now: float) -> float | None:
+        """The job runs at `now`; the seconds of the spell that ended, if one did."""
+        if self.queued_since is None:
+            return None
+        spell = now - self.queued_since
+        self.queued_before += spell
+        self.queued_since = None
+        return spell
+
+    def queued(self, now: float) -> float:
+        current = now - self.queued_since if self.queued_since is not None else 0.0
+        return self.queued_before + current
+
+    def remaining(self, now: float) -> float:
+        """Seconds until the step's deadline or, while queued, the queue's, whichever first."""
+        left = self.deadline + self.queued(now) - now
+        if self.queued_since is not None:
+            left = min(left, self.queue_timeout - self.queued(now))
+        return left
+
+
 class ClusterLauncher:
     """Runs a `StepJob` as a training-job custom resource and waits for it to finish.
 
@@ -340,6 +407,7 @@ class ClusterLauncher:
         poll_seconds: float = 10.0,
         keep: bool = False,
         log: Log = print,
+        queue_timeout_seconds: float | None = None,
     ) -> None:
         """Create (or adopt) the job, wait until it succeeds, delete it.
 
@@ -347,14 +415,17 @@ class ClusterLauncher:
         `spec.delete_after_done` is false. Raises `DKDError` when the job fails
         (with the failure condition's message and the last
         `spec.log_tail_lines` lines of the failing pod's log), when one of its
-        pods is stuck for `spec.stuck_pod_grace_seconds`, when it has not
-        finished after `timeout_seconds` (counted from the call, creation
-        included), or when the API refuses it.
+        pods is stuck for `spec.stuck_pod_grace_seconds` (Unschedulable: for
+        `queue_timeout_seconds`), when it has been suspended (queued) for
+        `queue_timeout_seconds` in all (default: `timeout_seconds`), when it has not
+        finished after `timeout_seconds` plus the time it was queued (counted from
+        the call, creation included), or when the API refuses it.
         """
-        if not timeout_seconds > 0 or not poll_seconds > 0:
+        queue_timeout = timeout_seconds if queue_timeout_seconds is None else queue_timeout_seconds
+        if not timeout_seconds > 0 or not poll_seconds > 0 or not queue_timeout > 0:
             raise DKDError(
-                f"timeout_seconds and poll_seconds must be > 0, got {timeout_seconds} "
-                f"and {poll_seconds}"
+                f"timeout_seconds, queue_timeout_seconds and poll_seconds must be > 0, got "
+                f"{timeout_seconds}, {queue_timeout} and {poll_seconds}"
             )
         keep = keep or not spec.delete_after_done
         manifest = self.render(job, spec)
@@ -366,8 +437,10 @@ class ClusterLauncher:
                 adopted = self._create(manifest, spec, deadline, poll_seconds, log)
                 ours = True
                 verb = "exists from an earlier attempt: adopted" if adopted else "created"
-                log(f"{k.kind} {ns}/{name} {verb}; waiting up to {timeout_seconds:g} s")
-                self._wait(spec, name, deadline, timeout_seconds, poll_seconds, keep, log)
+                queue = f" (Kueue queue {spec.kueue_queue})" if spec.kueue_queue else ""
+                log(f"{k.kind} {ns}/{name} {verb}{queue}; waiting up to {timeout_seconds:g} s")
+                limits = _Limits(deadline, timeout_seconds, queue_timeout)
+                self._wait(spec, name, limits, poll_seconds, keep, log)
         finally:
             if ours and not keep:
                 self._delete(ns, name, poll_seconds, log)
@@ -493,8 +566,7 @@ class ClusterLauncher:
         self,
         spec: ClusterSpec,
         name: str,
-        deadline: float,
-        timeout_seconds: float,
+        limits: _Limits,
         poll_seconds: float,
         keep: bool,
         log: Log,
@@ -502,10 +574,12 @@ class ClusterLauncher:
         k, ns = self.kind, spec.namespace
         conditions: list[Mapping[str, Any]] = []
         state: str | None = None
+        admission: str | None = None
         stuck_since: dict[str, float] = {}
         while True:
             try:
-                conditions = conditions_of(self._get(ns, name))
+                obj = self._get(ns, name)
+                conditions = conditions_of(obj)
             except Exception as e:
                 if api_status(e) == 404:
                     raise DKDError(
@@ -526,31 +600,89 @@ class ClusterLauncher:
                 if true_condition(conditions, k.success) is not None:
                     log(f"{k.kind} {ns}/{name}: {k.success}")
                     return
-                latest = _latest_true(conditions)
-                now_state = describe_conditions([latest]) if latest else None
-                if now_state and now_state != state:
-                    message = latest.get("message") if latest else None
-                    log(f"{k.kind} {ns}/{name}: {now_state}" + (f": {message}" if message else ""))
-                    state = now_state
-                self._check_pods(spec, name, stuck_since, log)
-            remaining = deadline - self._clock()
+                now = self._clock()
+                if is_suspended(obj, k):
+                    if limits.queue(now):
+                        log(f"{k.kind} {ns}/{name}: suspended, queued for admission")
+                    status = self._admission_status(ns, obj)
+                    if status != admission:
+                        log(f"{k.kind} {ns}/{name}: queued: {status}")
+                        admission = status
+                    if limits.queued(now) >= limits.queue_timeout:
+                        raise DKDError(
+                            f"{k.kind} {ns}/{name} was queued (suspended) for "
+                            f"{limits.queued(now):g} s without being admitted: {admission}; "
+                            f"giving up (queue_timeout_seconds={limits.queue_timeout:g})"
+                        )
+                else:
+                    waited = limits.admit(now)
+                    if waited is not None:
+                        log(f"{k.kind} {ns}/{name}: admitted after {waited:g} s in the queue")
+                        admission = None
+                    latest = _latest_true(conditions)
+                    now_state = describe_conditions([latest]) if latest else None
+                    if now_state and now_state != state:
+                        message = latest.get("message") if latest else None
+                        text = f"{now_state}: {message}" if message else now_state
+                        log(f"{k.kind} {ns}/{name}: {text}")
+                        state = now_state
+                    self._check_pods(spec, name, stuck_since, limits.queue_timeout, log)
+            now = self._clock()
+            remaining = limits.remaining(now)
             if remaining <= 0:
                 fate = (
                     "it is kept (delete_after_done=False)"
                     if keep
                     else "it is deleted now (set delete_after_done=False to keep it)"
                 )
+                queued = limits.queued(now)
+                extra = f" (plus {queued:g} s queued)" if queued else ""
                 raise DKDError(
                     f"{k.kind} {ns}/{name} did not finish within the timeout of "
-                    f"{timeout_seconds:g} s; last conditions: {describe_conditions(conditions)}; "
-                    f"{fate}"
+                    f"{limits.timeout:g} s{extra}; last conditions: "
+                    f"{describe_conditions(conditions)}; {fate}"
                 )
             self._sleep(min(poll_seconds, remaining))
 
+    def _admission_status(self, ns: str, obj: Mapping[str, Any] | None) -> str:
+        """One line on the suspended job's Kueue Workload: its newest condition and message."""
+        uid = ((obj or {}).get("metadata") or {}).get("uid")
+        if not uid:
+            return "no Kueue Workload found (the job has no uid yet)"
+        try:
+            found = self.api.list_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, ns, KUEUE_WORKLOADS,
+                label_selector=f"{KUEUE_JOB_UID_LABEL}={uid}",
+                _request_timeout=self.request_timeout,
+            )  # fmt: skip
+        except Exception as e:
+            if api_status(e) is None and not is_transient(e):
+                raise
+            return f"cannot read its Kueue Workload ({api_error_message(e)})"
+        items = [i for i in (found or {}).get("items") or [] if isinstance(i, Mapping)]
+        if not items:
+            return "no Kueue Workload for it (yet): is Kueue managing this job kind?"
+        workload = items[0]
+        wl_name = (workload.get("metadata") or {}).get("name", "?")
+        conditions = conditions_of(workload)
+        if not conditions:
+            return f"Workload {wl_name}: pending, no conditions yet"
+        latest = conditions[-1]
+        text = describe_conditions([latest])
+        message = latest.get("message")
+        return f"Workload {wl_name}: {text}" + (f": {message}" if message else "")
+
     def _check_pods(
-        self, spec: ClusterSpec, name: str, stuck_since: dict[str, float], log: Log
+        self,
+        spec: ClusterSpec,
+        name: str,
+        stuck_since: dict[str, float],
+        unschedulable_grace: float,
+        log: Log,
     ) -> None:
-        """Raise `DKDError` when a pod of the job has been stuck for the grace period.
+        """Raise `DKDError` when a pod of the job has been stuck for its grace period:
+        `spec.stuck_pod_grace_seconds`, or `unschedulable_grace` for an Unschedulable pod
+        (waiting for GPUs to free up or a node to be added is queueing, not an error).
 
         `stuck_since` maps pod names to when they were first seen stuck. Errors
         listing pods are logged and otherwise ignored: watching pods only
@@ -572,19 +704,24 @@ class ClusterLauncher:
             pod_name = pod.metadata.name
             if stuck is None:
                 continue
-            seen.add(pod_name)
             reason, message = stuck
-            since = stuck_since.setdefault(pod_name, now)
+            key = f"{pod_name}/{reason}"
+            seen.add(key)
+            since = stuck_since.setdefault(key, now)
             if since == now:
                 log(f"{k.kind} {ns}/{name}: pod {pod_name} is {reason}: {message}")
-            if now - since >= spec.stuck_pod_grace_seconds:
+            if reason == UNSCHEDULABLE:
+                grace, setting = unschedulable_grace, "queue_timeout_seconds"
+            else:
+                grace, setting = spec.stuck_pod_grace_seconds, "stuck_pod_grace_seconds"
+            if now - since >= grace:
                 raise DKDError(
                     f"{k.kind} {ns}/{name}: pod {pod_name} is stuck in {reason} for "
                     f"{now - since:g} s ({message}); giving up instead of waiting for the "
-                    f"timeout (stuck_pod_grace_seconds={spec.stuck_pod_grace_seconds})"
+                    f"timeout ({setting}={grace:g})"
                 )
-        for pod_name in set(stuck_since) - seen:  # recovered: start over if it sticks again
-            del stuck_since[pod_name]
+        for key in set(stuck_since) - seen:  # recovered: start over if it sticks again
+            del stuck_since[key]
 
     def _failure_message(self, spec: ClusterSpec, name: str, failed: Mapping[str, Any]) -> str:
         k, ns = self.kind, spec.namespace

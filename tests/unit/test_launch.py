@@ -450,6 +450,9 @@ class FakeApi:
         self.created: list[tuple] = []
         self.deleted: list[tuple] = []
         self.gets = 0
+        # Kueue Workloads the API lists (the last one repeats), or an error to raise.
+        self.workloads: list = [[]]
+        self.listed: list[tuple] = []
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kw):
         if self.create_errors:
@@ -462,7 +465,17 @@ class FakeApi:
         self.gets += 1
         if isinstance(item, BaseException):
             raise item
-        return {"metadata": {"name": name, "labels": self.labels}, "status": {"conditions": item}}
+        meta = {"name": name, "labels": self.labels, "uid": "uid-1"}
+        if isinstance(item, dict):  # a whole object: {"spec": ..., "status": ...}
+            return {"metadata": meta, **item}
+        return {"metadata": meta, "status": {"conditions": item}}
+
+    def list_namespaced_custom_object(self, group, version, namespace, plural, **kw):
+        self.listed.append((group, version, plural, kw))
+        item = self.workloads[min(len(self.listed) - 1, len(self.workloads) - 1)]
+        if isinstance(item, BaseException):
+            raise item
+        return {"items": item}
 
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
         self.deleted.append((group, version, namespace, plural, name))
@@ -531,14 +544,20 @@ KINDS = [
 ]
 
 
-def run_launch(launcher_cls, script, *, timeout=3600.0, keep=False, pods=None, spec=None, **api_kw):
+def run_launch(
+    launcher_cls, script, *, timeout=3600.0, keep=False, pods=None, spec=None, queue=None,
+    workloads=None, **api_kw,
+):  # fmt: skip
     api, pods, clock, lines = FakeApi(script, **api_kw), pods or FakePods(), FakeClock(), []
+    if workloads is not None:
+        api.workloads = workloads
     launcher = launcher_cls(api, pods, clock=clock, sleep=clock.sleep)
     error = None
     try:
         launcher.launch(
-            make_job(), spec or make_spec(), timeout, poll_seconds=10, keep=keep, log=lines.append
-        )
+            make_job(), spec or make_spec(), timeout, poll_seconds=10, keep=keep,
+            log=lines.append, queue_timeout_seconds=queue,
+        )  # fmt: skip
     except DKDError as e:
         error = e
     return SimpleNamespace(api=api, pods=pods, clock=clock, lines=lines, error=error)
@@ -1013,12 +1032,6 @@ STUCK = [
         'secret "dkd-s3" not found',
         id="CreateContainerConfigError",
     ),
-    pytest.param(
-        fake_pod("p-0", "Pending", unschedulable="0/3 nodes are available: 3 Insufficient gpu."),
-        "Unschedulable",
-        "0/3 nodes are available: 3 Insufficient gpu.",
-        id="Unschedulable",
-    ),
 ]
 
 
@@ -1039,10 +1052,7 @@ def test_a_stuck_pod_fails_the_step_after_the_grace_period(
     assert "stuck_pod_grace_seconds=120" in text
     assert r.clock.elapsed == 120  # minutes, not the 48 h timeout
     assert len(r.api.deleted) == 1  # and its GPUs are released
-    assert stuck_reason(pod) == (
-        reason,
-        message if reason == "Unschedulable" else f"container pytorch: {message}",
-    )
+    assert stuck_reason(pod) == (reason, f"container pytorch: {message}")
 
 
 @pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
@@ -1192,3 +1202,159 @@ def test_render_job_returns_what_the_launchers_create():
         ]
         == "rt"
     )
+
+
+# -- queues: Kueue, Unschedulable pods ---------------------------------------------------------
+
+NO_GPU = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+
+
+def suspended(kind_done: str, flag: bool = True) -> dict:
+    """A job as Kueue leaves it until admitted: its suspend flag set (and, once the operator
+    saw it, the Suspended condition)."""
+    spec = {"runPolicy": {"suspend": flag}} if kind_done == "Succeeded" else {"suspend": flag}
+    return {"spec": spec, "status": {"conditions": [cond("Suspended")] if flag else []}}
+
+
+def workload(ctype: str, status: str, message: str) -> list:
+    return [{"metadata": {"name": "pytorchjob-x-1a2b3"}, "status": {"conditions": [
+        {"type": ctype, "status": status, "reason": "Pending", "message": message}]}}]  # fmt: skip
+
+
+def test_the_queue_label_is_on_the_job_only():
+    spec = make_spec(kueue_queue="team-gpu")
+    for m in (render_pytorchjob(make_job(nodes=2), spec), render_trainjob(make_job(), spec)):
+        assert m["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpu"
+        assert "kueue.x-k8s.io/queue-name" not in json.dumps(m["spec"])
+    m = render_pytorchjob(make_job(), make_spec())
+    assert "kueue.x-k8s.io/queue-name" not in m["metadata"]["labels"]
+    with pytest.raises(DKDError, match="kueue_queue 'Team GPU' is not a valid object name"):
+        make_spec(kueue_queue="Team GPU")
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_suspended_job_waits_in_the_queue_until_admitted(launcher_cls, done):
+    quota = "couldn't assign flavors to pod set master: insufficient quota for nvidia.com/gpu"
+    r = run_launch(
+        launcher_cls,
+        # 2 h queued (720 polls of 10 s), then 50 min running: the 1 h timeout counts from
+        # admission, the queue's 3 h bound the wait
+        [suspended(done)] * 720 + [[cond("Running")]] * 300 + [[cond(done)]],
+        spec=make_spec(kueue_queue="team-gpu"),
+        timeout=3600.0,
+        queue=3 * 3600.0,
+        workloads=[workload("QuotaReserved", "False", quota)] * 400
+        + [workload("QuotaReserved", "True", "Quota reserved in ClusterQueue gpu")],
+    )
+    assert r.error is None
+    assert r.clock.elapsed == 7200 + 3000
+    text = "\n".join(r.lines)
+    assert "(Kueue queue team-gpu)" in r.lines[0]
+    assert "suspended, queued for admission" in text
+    assert f"queued: Workload pytorchjob-x-1a2b3: QuotaReserved=False (Pending): {quota}" in text
+    assert "queued: Workload pytorchjob-x-1a2b3: QuotaReserved=True" in text
+    assert sum("queued: " in line for line in r.lines) == 2  # logged when it changes
+    assert "admitted after 7200 s in the queue" in text
+    # the Workload is found by the job's uid, with the API version Kueue v0.19 serves
+    group, version, plural, kw = r.api.listed[0]
+    assert (group, version, plural) == ("kueue.x-k8s.io", "v1beta2", "workloads")
+    assert kw["label_selector"] == "kueue.x-k8s.io/job-uid=uid-1"
+    assert len(r.pods.lists) == 300  # no pods to watch while suspended
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_a_job_never_admitted_fails_after_the_queue_timeout(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [suspended(done)],
+        timeout=48 * 3600.0,
+        queue=1800.0,
+        workloads=[workload("QuotaReserved", "False", "insufficient quota")],
+    )
+    text = str(r.error)
+    assert r.clock.elapsed == 1800
+    assert "queued (suspended) for 1800 s without being admitted" in text
+    assert "insufficient quota" in text and "queue_timeout_seconds=1800" in text
+    assert len(r.api.deleted) == 1  # it leaves the queue
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_the_queue_timeout_defaults_to_the_steps_timeout(launcher_cls, done):
+    r = run_launch(launcher_cls, [suspended(done)], timeout=600.0)
+    assert r.clock.elapsed == 600 and "queue_timeout_seconds=600" in str(r.error)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_the_suspend_flag_alone_means_queued(launcher_cls, done):
+    """Kueue's webhook sets the flag at creation, before the operator adds the condition."""
+    flag_only = {**suspended(done), "status": {}}
+    r = run_launch(
+        launcher_cls,
+        [flag_only] * 3 + [suspended(done, flag=False), [cond(done)]],
+        timeout=20.0,
+        queue=60.0,
+    )
+    assert r.error is None and r.clock.elapsed == 40  # 30 s queued did not count
+    assert "admitted after 30 s in the queue" in "\n".join(r.lines)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_unreadable_workloads_are_logged_not_fatal(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [suspended(done)] * 2 + [[cond(done)]],
+        workloads=[ApiException(status=403, reason="Forbidden")],
+    )
+    assert r.error is None
+    assert any("cannot read its Kueue Workload (HTTP 403 Forbidden" in line for line in r.lines)
+    r = run_launch(launcher_cls, [suspended(done)] * 2 + [[cond(done)]])
+    assert any("no Kueue Workload for it (yet)" in line for line in r.lines)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_unschedulable_pods_wait_within_the_queue_timeout(launcher_cls, done):
+    waiting = fake_pod("p-0", "Pending", unschedulable=NO_GPU)
+    r = run_launch(
+        launcher_cls,
+        [[cond("Created")]] * 360 + [[cond("Running")], [cond(done)]],
+        pods=FakePods([[waiting]] * 360 + [[fake_pod("p-0")]]),
+        spec=make_spec(stuck_pod_grace_seconds=300),  # 1 h Unschedulable: far past 300 s
+        timeout=48 * 3600.0,
+        queue=2 * 3600.0,
+    )
+    assert r.error is None
+    assert sum(f"pod p-0 is Unschedulable: {NO_GPU}" in line for line in r.lines) == 1
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_unschedulable_pods_fail_the_step_past_the_queue_timeout(launcher_cls, done):
+    r = run_launch(
+        launcher_cls,
+        [[cond("Created")]],
+        pods=FakePods([[fake_pod("p-0", "Pending", unschedulable=NO_GPU)]]),
+        spec=make_spec(stuck_pod_grace_seconds=300),
+        timeout=48 * 3600.0,
+        queue=2 * 3600.0,
+    )
+    text = str(r.error)
+    assert r.clock.elapsed == 7200
+    assert f"pod p-0 is stuck in Unschedulable for 7200 s ({NO_GPU})" in text
+    assert "queue_timeout_seconds=7200" in text
+    assert len(r.api.deleted) == 1
+    assert stuck_reason(fake_pod("p-0", unschedulable=NO_GPU)) == ("Unschedulable", NO_GPU)
+
+
+@pytest.mark.parametrize(("launcher_cls", "done"), KINDS)
+def test_image_pull_errors_still_fail_fast_with_a_long_queue_timeout(launcher_cls, done):
+    pulling = fake_pod("p-0", "Pending", waiting=("ImagePullBackOff", "Back-off pulling image"))
+    r = run_launch(
+        launcher_cls,
+        [[cond("Created")]],
+        pods=FakePods([[pulling]]),
+        spec=make_spec(stuck_pod_grace_seconds=300, kueue_queue="team-gpu"),
+        timeout=48 * 3600.0,
+        queue=48 * 3600.0,
+    )
+    assert r.clock.elapsed == 300
+    assert "stuck in ImagePullBackOff for 300 s" in str(r.error)
+    assert "stuck_pod_grace_seconds=300" in str(r.error)

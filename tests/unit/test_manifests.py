@@ -51,6 +51,7 @@ ROLE_RULES = {
     ),
     ("", "pods", "list"),
     ("", "pods/log", "get"),
+    ("kueue.x-k8s.io", "workloads", "list"),
 }
 QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
@@ -313,6 +314,10 @@ class RecordingApi:
     def delete_namespaced_custom_object(self, group, version, namespace, plural, name, **kw):
         self.calls.add((group, plural, "delete"))
 
+    def list_namespaced_custom_object(self, group, version, namespace, plural, **kw):
+        self.calls.add((group, plural, "list"))
+        return {"items": []}
+
 
 class RecordingCore:
     """CoreV1Api stand-in for KubePods: records pod calls, returns one failed pod."""
@@ -352,7 +357,7 @@ def test_role_grants_exactly_the_calls_the_launchers_make() -> None:
     labels = spec.all_labels()
 
     def status(ctype: str) -> dict[str, Any]:
-        return {"metadata": {"labels": labels}, "status": {"conditions": [
+        return {"metadata": {"labels": labels, "uid": "u"}, "status": {"conditions": [
             {"type": ctype, "status": "True"}]}}  # fmt: skip
 
     for launcher_cls, done in ((PyTorchJobLauncher, "Succeeded"), (TrainJobLauncher, "Complete")):
@@ -360,6 +365,7 @@ def test_role_grants_exactly_the_calls_the_launchers_make() -> None:
             [{}, status(done)],
             [{}, status("Failed")],
             [ApiException(status=409), status("Running"), status(done)],
+            [{}, status("Suspended"), status(done)],  # queued: its Kueue Workload is read
         ):
             launcher = launcher_cls(
                 RecordingApi(calls, script), KubePods(RecordingCore(calls)), sleep=lambda s: None
