@@ -109,6 +109,9 @@ def train_step(
     tolerations: list,
     trainjob_runtime: str,
     delete_after_done: bool,
+    run_as_user: int,
+    kueue_queue: str,
+    queue_timeout_hours: float,
     manifest: Input[Dataset],
     model: Output[Model],
     teacher: Input[Model] = None,
@@ -149,6 +152,8 @@ def train_step(
         "shm_size": shm_size, "tmp_size": tmp_size, "service_account": service_account,
         "node_selector": node_selector, "tolerations": tolerations,
         "trainjob_runtime": trainjob_runtime, "delete_after_done": delete_after_done,
+        "run_as_user": run_as_user, "kueue_queue": kueue_queue,
+        "queue_timeout_hours": queue_timeout_hours,
     }  # fmt: skip
     if launcher == "local":
         launch_step(

@@ -67,6 +67,7 @@ from pipelines.jobspec import (
     DEFAULT_S3_KEYS,
     DEFAULT_S3_SECRET,
     POD_DEFAULTS,
+    QUEUE_TIMEOUT_SAME,
     RUN_ID_ENV,
     step_settings,
 )
@@ -276,6 +277,9 @@ def build_pipeline(
         node_selector: dict = pod["node_selector"],
         tolerations: list = pod["tolerations"],
         trainjob_runtime: str = pod["trainjob_runtime"],
+        run_as_user: int = pod["run_as_user"],
+        kueue_queue: str = pod["kueue_queue"],
+        queue_timeout_hours: float = QUEUE_TIMEOUT_SAME,
     ) -> PipelineOutputs:
         split = c.split_data(
             config_yaml=config_yaml, dataset_uri=dataset_uri, overrides=overrides,
@@ -301,6 +305,8 @@ def build_pipeline(
                     shm_size=shm_size, tmp_size=tmp_size, service_account=service_account,
                     node_selector=node_selector, tolerations=tolerations,
                     trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
+                    run_as_user=run_as_user, kueue_queue=kueue_queue,
+                    queue_timeout_hours=queue_timeout_hours,
                     manifest=manifest, **({"teacher": teacher} if teacher is not None else {}),
                 )  # fmt: skip
                 on_cluster_train(train, t, gpus_per_pod)

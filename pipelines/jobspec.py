@@ -73,7 +73,13 @@ POD_DEFAULTS: dict[str, Any] = {
     # Delete the job when it ends (the upstream launcher's `delete_after_done`); False
     # keeps a finished or failed job and its pods for inspection.
     "delete_after_done": _SPEC_DEFAULTS["delete_after_done"],
+    # The uid (and gid) every container of the job's pods runs as: the image's by default.
+    "run_as_user": _SPEC_DEFAULTS["run_as_user"],
+    # A Kueue LocalQueue of the namespace: the job waits in it, suspended, until admitted.
+    "kueue_queue": _SPEC_DEFAULTS["kueue_queue"] or "",
 }
+#: Default of the `queue_timeout_hours` parameter: 0 means the step's `timeout_hours`.
+QUEUE_TIMEOUT_SAME = 0.0
 
 
 def resolve_namespace(namespace: str, path: Path | None = None) -> str:
@@ -165,10 +171,15 @@ def cluster_spec_params(
     delete = params.get("delete_after_done", POD_DEFAULTS["delete_after_done"])
     if not isinstance(delete, bool):
         raise DKDError(f"pipeline parameter delete_after_done: expected true/false, got {delete!r}")
+    uid = params.get("run_as_user", POD_DEFAULTS["run_as_user"])
+    if not isinstance(uid, int) or isinstance(uid, bool) or uid < 1:
+        raise DKDError(
+            f"pipeline parameter run_as_user: expected a uid >= 1 (not root), got {uid!r}"
+        )
     secret = _text(params, "s3_secret")
     text = {name: _text(params, name) or "" for name in (
         "image_pull_policy", "cpu_request", "cpu_limit", "memory_request", "memory_limit",
-        "shm_size", "tmp_size", "service_account", "trainjob_runtime",
+        "shm_size", "tmp_size", "service_account", "trainjob_runtime", "kueue_queue",
     )}  # fmt: skip
     return {
         "namespace": resolve_namespace(_text(params, "namespace") or ""),
@@ -189,6 +200,9 @@ def cluster_spec_params(
         "kfp_run_id": env.get(RUN_ID_ENV, ""),
         "kfp_pod_name": env.get(POD_NAME_ENV, ""),
         "delete_after_done": delete,
+        # one id for user, group and fsGroup: an image made for another uid has that group
+        "run_as_user": uid,
+        "run_as_group": uid,
     }
 
 
@@ -198,11 +212,22 @@ def cluster_spec(params: Mapping[str, Any], env: Mapping[str, str] | None = None
 
 
 def launch_options(params: Mapping[str, Any]) -> dict[str, Any]:
-    """`launch_step` keyword arguments of a train step: how long it waits for its job."""
+    """`launch_step` keyword arguments of a train step: how long it waits for its job
+    (`timeout_hours`, not counting the time queued) and how long the job may wait for
+    admission or for Unschedulable pods (`queue_timeout_hours`; 0: `timeout_hours`)."""
     hours = params.get("timeout_hours", 48.0)
     if not isinstance(hours, int | float) or isinstance(hours, bool) or hours <= 0:
         raise DKDError(f"pipeline parameter timeout_hours: expected hours > 0, got {hours!r}")
-    return {"timeout_seconds": float(hours) * 3600}
+    queue = params.get("queue_timeout_hours", QUEUE_TIMEOUT_SAME)
+    if not isinstance(queue, int | float) or isinstance(queue, bool) or queue < 0:
+        raise DKDError(
+            f"pipeline parameter queue_timeout_hours: expected hours >= 0 (0: timeout_hours), "
+            f"got {queue!r}"
+        )
+    return {
+        "timeout_seconds": float(hours) * 3600,
+        "queue_timeout_seconds": float(queue or hours) * 3600,
+    }
 
 
 def step_settings(

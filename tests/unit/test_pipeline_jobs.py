@@ -103,7 +103,13 @@ def test_the_config_lies_beside_the_model(uri):
 
 
 def test_launch_options_and_clean_up():
-    assert jobspec.launch_options({"timeout_hours": 2.5}) == {"timeout_seconds": 9000.0}
+    assert jobspec.launch_options({"timeout_hours": 2.5}) == {
+        "timeout_seconds": 9000.0, "queue_timeout_seconds": 9000.0
+    }  # fmt: skip
+    options = jobspec.launch_options({"timeout_hours": 2.5, "queue_timeout_hours": 6})
+    assert options == {"timeout_seconds": 9000.0, "queue_timeout_seconds": 21600.0}
+    with pytest.raises(DKDError, match="queue_timeout_hours: expected hours >= 0"):
+        jobspec.launch_options({"timeout_hours": 2.5, "queue_timeout_hours": -1})
     base = {"namespace": "team-a", "image": IMAGE}
     assert jobspec.cluster_spec({**base, "delete_after_done": False}, {}).delete_after_done is False
     with pytest.raises(DKDError, match="delete_after_done: expected true/false"):
@@ -146,7 +152,8 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
         image_pull_policy="IfNotPresent", cpu_request="16", cpu_limit="", memory_request="64Gi",
         memory_limit="", shm_size="16Gi", tmp_size="20Gi", service_account="",
         node_selector={"pool": "h100"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
-        trainjob_runtime="team-runtime", delete_after_done=False, manifest=artifact(tmp_path / "split" / "manifest"), model=model,
+        trainjob_runtime="team-runtime", delete_after_done=False, run_as_user=2000,
+        kueue_queue="team-gpu", queue_timeout_hours=12.0, manifest=artifact(tmp_path / "split" / "manifest"), model=model,
         teacher=artifact(tmp_path / "train-step" / "model"),
     )  # fmt: skip
     ((backend, job, spec, kw),) = launched
@@ -163,7 +170,8 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
     assert spec.all_labels()[KFP_RUN_ID_LABEL] == "run-1234"
     assert (spec.tmp_size, spec.trainjob_runtime) == ("20Gi", "team-runtime")
     assert spec.delete_after_done is False
-    assert kw == {"timeout_seconds": 7200.0}
+    assert (spec.run_as_user, spec.run_as_group, spec.kueue_queue) == (2000, 2000, "team-gpu")
+    assert kw == {"timeout_seconds": 7200.0, "queue_timeout_seconds": 12 * 3600.0}
     assert model.metadata == {
         "step": 1, "seed": 7, "classes_per_step": [15, 1], "task": "voc:15-1"
     }  # fmt: skip
@@ -240,6 +248,25 @@ def test_render_job_prints_the_trainjob_with_the_pod_parameters(capsys):
     pod = patch["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "h100"}
     assert pod["tolerations"] == json.loads(tolerations)
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_render_job_takes_the_queue_and_the_uid(capsys, launcher):
+    job = render(capsys, "--launcher", launcher, "--param", "kueue_queue=team-gpu",
+                 "--param", "run_as_user=2000")  # fmt: skip
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpu"
+    if launcher == "pytorchjob":
+        pods = [r["template"] for r in job["spec"]["pytorchReplicaSpecs"].values()]
+    else:
+        patch = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+        pods = [patch["replicatedJobs"][0]["template"]["spec"]["template"]]
+    for pod in pods:
+        assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+        sc = pod["spec"]["securityContext"]
+        assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (2000, 2000, 2000)
+    assert main(["render-job", "voc_15-1", "--step", "0", "--launcher", launcher, "--image",
+                 IMAGE, "--param", "run_as_user=0"]) == 2  # fmt: skip
+    assert "run_as_user: expected a uid >= 1 (not root)" in capsys.readouterr().err
 
 
 def test_render_job_bad_input_is_one_line(capsys):

@@ -231,6 +231,9 @@ PARAMETERS = {
         [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
     ),
     "trainjob_runtime": ("STRING", "dkd-torch-distributed"),
+    "run_as_user": ("NUMBER_INTEGER", 1000),
+    "kueue_queue": ("STRING", ""),
+    "queue_timeout_hours": ("NUMBER_DOUBLE", 0.0),  # 0: timeout_hours
 }
 
 

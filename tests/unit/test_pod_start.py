@@ -291,3 +291,24 @@ def test_the_istio_checker_follows_the_injector() -> None:
     assert not istio_injects(off)
     # the label wins over the annotation
     assert istio_injects({**off, "labels": {"sidecar.istio.io/inject": "true"}})
+
+
+@pytest.mark.parametrize("launcher", ["pytorchjob", "trainjob"])
+def test_render_job_on_a_shared_cluster_prints_pods_that_all_start(capsys, launcher) -> None:
+    """`render-job voc_15-1 --step 1 --pods-per-step 2 --gpus-per-pod 4 --param
+    kueue_queue=team-gpu`: queued in team-gpu, no sidecar, every container starts."""
+    from pipelines.__main__ import main
+
+    argv = ["render-job", "voc_15-1", "--step", "1", "--pods-per-step", "2", "--gpus-per-pod",
+            "4", "--param", "kueue_queue=team-gpu", "--launcher", launcher, "--image", IMAGE]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    (m,) = yaml.safe_load_all(capsys.readouterr().out)
+    assert m["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-gpu"
+    pods = pytorchjob_pods(m) if launcher == "pytorchjob" else trainjob_pods(m, runtime())
+    containers = []
+    for meta, pod in pods:
+        assert not istio_injects(meta)
+        assert pod_refusals(pod) == []
+        containers += [c["name"] for c in [*pod.get("initContainers", []), *pod["containers"]]]
+    assert containers == (["pytorch", "init-pytorch", "pytorch"] if launcher == "pytorchjob"
+                          else ["node"])  # fmt: skip
