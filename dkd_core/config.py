@@ -125,6 +125,12 @@ class TrainConfig:
     max_iterations: int | None = (
         None  # stop early (smoke tests); the schedule still spans all epochs
     )
+    # Timeout of every collective of the process group, explicit rather than the backend's
+    # default (torch.distributed.constants: 30 min for gloo; NCCL's, from its C++ layer, is
+    # shorter): the other ranks wait in a barrier while each node's first rank mirrors the
+    # dataset and rank 0 builds the split manifest, which on a large dataset and a slow
+    # store takes longer than that.
+    process_group_timeout_minutes: int = 120
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,7 @@ _AT_LEAST: dict[str, float] = {
     "train.keep_checkpoints": 1,
     "train.log_every": 1,
     "train.max_iterations": 1,
+    "train.process_group_timeout_minutes": 1,
     # numpy's SeedSequence (the augmentation's `default_rng([seed, epoch, i])`) takes
     # non-negative integers only.
     "train.seed": 0,
@@ -360,6 +367,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
         "train.progress_seconds",
         "train.metrics_port",
         "train.metrics_address",
+        "train.process_group_timeout_minutes",
     }
 )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -39,8 +40,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the process group torchrun describes (or run alone); pick this process's device."""
+def init_distributed(device: str | None = None, timeout_minutes: int | None = None) -> DistInfo:
+    """Join the process group torchrun describes (or run alone); pick this process's device.
+
+    `timeout_minutes` bounds every collective, the barrier the other ranks wait in while
+    a node's first rank downloads the dataset included (`train.process_group_timeout_minutes`);
+    None keeps the backend's default.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -51,7 +57,10 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
+        timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", init_method="env://", timeout=timeout
+        )
     return DistInfo(rank, world_size, local_rank, dev)
 
 

@@ -229,7 +229,7 @@ def train_step(
     (`resume`); `restart` trains the step again from scratch. Rank 0 holds the step's
     lease (`lease`) while it runs.
     """
-    info = distributed.init_distributed()
+    info = distributed.init_distributed(timeout_minutes=config.train.process_group_timeout_minutes)
     metrics = None
     lease = None
     _progress.reset()
