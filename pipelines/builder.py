@@ -186,8 +186,9 @@ def build_pipeline(
     - `seeds`: default of the `seeds` parameter (default: `[train.seed]` of the config).
     - `parallel_seeds`: how many seeds' chains run at once (0: all). KFP takes a
       ParallelFor's parallelism when compiling only. On a cluster the chains' jobs ask
-      for GPUs together, and a pod that stays Unschedulable fails its step
-      (`ClusterSpec.stuck_pod_grace_seconds`): limit it to what the GPUs hold.
+      for GPUs together, and a pod that stays Unschedulable fails its step after the
+      `queue_timeout_hours` parameter: limit it to what the GPUs hold, or queue the jobs
+      (`kueue_queue`).
     """
     if launcher not in LAUNCHERS:
         raise DKDError(f"launcher {launcher!r}: expected one of {', '.join(sorted(LAUNCHERS))}")

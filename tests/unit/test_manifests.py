@@ -33,7 +33,16 @@ from tools.lint_manifests import CRD_SCHEMAS
 REPO = Path(__file__).parents[2]
 K8S = REPO / "k8s"
 KUBERNETES_VERSION = lint_manifests.KUBERNETES_VERSION
-OVERLAYS = {"minio": "dkd", "kfp-object-store": "kubeflow", "kind": "kubeflow"}
+OVERLAYS = {
+    "minio": "dkd",
+    "kfp-object-store": "kubeflow",
+    "kfp-object-store-monitoring": "kubeflow",
+    "kind": "kubeflow",
+}
+#: Overlays that grant the launchers' RBAC (kfp-object-store-monitoring only monitors).
+WITH_RBAC = ("minio", "kfp-object-store", "kind")
+#: Overlays with the PodMonitor and dashboard (they need the Prometheus operator's CRDs).
+MONITORED = ("minio", "kfp-object-store-monitoring", "kind")
 RUNTIME_DIR = K8S / "base" / "trainer-runtime"
 EXAMPLE = K8S / "base" / "pytorchjob-example.yaml"
 TRAINJOB_EXAMPLE = K8S / "base" / "trainjob-example.yaml"
@@ -127,7 +136,8 @@ def test_builtin_resources_pass_kubernetes_schemas(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_custom_resources_pass_their_crd_schemas(overlay: str) -> None:
     custom = [o for o in rendered(overlay) if (o["apiVersion"], o["kind"]) in CRD_SCHEMAS]
-    assert {o["kind"] for o in custom} == {"PodMonitor"}
+    # only the monitoring overlays need a CRD beyond Kubernetes (the Prometheus operator's)
+    assert {o["kind"] for o in custom} == ({"PodMonitor"} if overlay in MONITORED else set())
     for obj in custom:
         assert crd_errors(obj) == [], name_of(obj)
 
@@ -200,21 +210,22 @@ def kinds(overlay: str) -> dict[str, list[str]]:
 
 
 def test_overlay_contents() -> None:
-    common = {
+    monitoring = {"PodMonitor": ["dkd-training"], "ConfigMap": ["dkd-grafana-dashboard"]}
+    launching = {
         "ServiceAccount": ["dkd-pipeline-runner"],
         "Role": ["dkd-pipeline-runner"],
         "RoleBinding": ["dkd-pipeline-runner"],
         "PodTemplate": ["dkd-train"],
-        "PodMonitor": ["dkd-training"],
-        "ConfigMap": ["dkd-grafana-dashboard"],
     }
+    common = {**launching, **monitoring}
     minio = {
         "PersistentVolumeClaim": ["dkd-minio-data"],
         "Deployment": ["dkd-minio"],
         "Service": ["dkd-minio"],
         "Job": ["dkd-minio-buckets"],
     }
-    assert kinds("kfp-object-store") == common
+    assert kinds("kfp-object-store") == launching  # applies without the Prometheus operator
+    assert kinds("kfp-object-store-monitoring") == monitoring
     assert kinds("kind") == {**common, **minio}
     assert kinds("minio") == {**common, **minio, "Namespace": ["dkd"]}
 
@@ -271,7 +282,7 @@ def rule_triples(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     return out
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", WITH_RBAC)
 def test_rbac_is_exactly_the_launchers_needs(overlay: str) -> None:
     objects = rendered(overlay)
     namespace = OVERLAYS[overlay]
@@ -696,7 +707,7 @@ def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", MONITORED)
 def test_dashboard_configmap_is_the_json_file(overlay: str) -> None:
     (cm,) = [o for o in rendered(overlay) if o["kind"] == "ConfigMap"]
     assert cm["metadata"]["name"] == "dkd-grafana-dashboard"  # no hash suffix: stable
