@@ -114,9 +114,16 @@ def train_step(
     queue_timeout_hours: float,
     manifest: Input[Dataset],
     model: Output[Model],
-    teacher: Input[Model] = None,
+    model_uri: dsl.OutputPath(str),
+    teacher_uri: str = "",
 ) -> None:
     """Train one CISS step with `launcher` (local | pytorchjob | trainjob); the job writes `model`.
+
+    The teacher (step t-1's Model) comes as its URI, `teacher_uri` (the previous step's
+    `model_uri` output), not as an input artifact: KFP's launcher downloads every input
+    artifact into this pod before it starts (kfp 2.17.0
+    `backend/src/v2/component/launcher_v2.go` `downloadArtifacts`), about 240 MB of
+    checkpoint that only the job's pods read, from the store.
 
     Overrides, in order (later wins): data.root=<dataset_uri>, optim.epochs=<epochs>
     (0 keeps the config's), `overrides`, then train.seed=<seed> (this chain's seed:
@@ -142,7 +149,7 @@ def train_step(
     open_store(config_uri).write_text(config_uri, config_yaml)
     job = jobspec.step_job(
         config.run.name, step, config_uri, settings, model.uri, manifest.uri,
-        teacher.uri if teacher is not None else None, gpus_per_pod, pods_per_step,
+        teacher_uri or None, gpus_per_pod, pods_per_step,
     )  # fmt: skip
     params = {
         "namespace": namespace, "image": image, "gpus_per_pod": gpus_per_pod,
@@ -162,6 +169,8 @@ def train_step(
     else:
         spec = jobspec.cluster_spec(params)
         launch_step(launcher, job, spec, **jobspec.launch_options(params))
+    with open(model_uri, "w") as f:
+        f.write(model.uri)
     meta = open_store(model.uri).read_json(join(model.uri, "meta.json"))
     model.metadata["step"] = meta["step"]
     model.metadata["seed"] = meta["config"]["train"]["seed"]

@@ -291,7 +291,7 @@ def build_pipeline(
         # One chain of steps per seed; the split above is shared by all of them. No `name=`:
         # a named ParallelFor broke dsl.Collected on the v2 backend (kubeflow/pipelines#13239).
         with dsl.ParallelFor(seeds, parallelism=parallel_seeds) as seed:
-            teacher = history = None
+            teacher_uri = history = None
             for t in range(task.num_steps):
                 train = c.train_step(
                     config_yaml=config_yaml, step=t, seed=seed, dataset_uri=dataset_uri,
@@ -308,12 +308,14 @@ def build_pipeline(
                     trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
                     run_as_user=run_as_user, kueue_queue=kueue_queue,
                     queue_timeout_hours=queue_timeout_hours,
-                    manifest=manifest, **({"teacher": teacher} if teacher is not None else {}),
+                    manifest=manifest,
+                    **({"teacher_uri": teacher_uri} if teacher_uri is not None else {}),
                 )  # fmt: skip
                 on_cluster_train(train, t, gpus_per_pod)
-                teacher = train.outputs["model"]
+                # the next step's teacher, by URI: only its job's pods read it
+                teacher_uri = train.outputs["model_uri"]
                 evaluation = c.evaluate(
-                    model=teacher,
+                    model=train.outputs["model"],
                     manifest=manifest,
                     seed=seed,
                     s3_endpoint=s3_endpoint,

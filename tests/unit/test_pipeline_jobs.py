@@ -154,7 +154,7 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
         node_selector={"pool": "h100"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}],
         trainjob_runtime="team-runtime", delete_after_done=False, run_as_user=2000,
         kueue_queue="team-gpu", queue_timeout_hours=12.0, manifest=artifact(tmp_path / "split" / "manifest"), model=model,
-        teacher=artifact(tmp_path / "train-step" / "model"),
+        model_uri=str(tmp_path / "model_uri"), teacher_uri=str(tmp_path / "train-step" / "model"),
     )  # fmt: skip
     ((backend, job, spec, kw),) = launched
     assert backend == "trainjob"
@@ -176,6 +176,8 @@ def test_train_step_maps_its_parameters_through_jobspec(tmp_path, monkeypatch):
         "step": 1, "seed": 7, "classes_per_step": [15, 1], "task": "voc:15-1"
     }  # fmt: skip
     assert (tmp_path / "train-step-2" / "config.yaml").read_text() == config_yaml
+    # the next step's teacher_uri
+    assert (tmp_path / "model_uri").read_text() == str(tmp_path / "train-step-2" / "model")
 
 
 # -- render-job ---------------------------------------------------------------------------

@@ -129,15 +129,16 @@ def test_one_train_and_one_evaluate_task_per_step(compiled, name):
         assert args["artifacts"]["manifest"] == {
             "componentInputArtifact": "pipelinechannel--split-data-manifest"
         }  # fmt: skip
-        teacher = args["artifacts"].get("teacher")
+        teacher = args["parameters"].get("teacher_uri")
+        assert "teacher" not in args["artifacts"]  # an input artifact would be downloaded
         history = tasks[evaluation]["inputs"]["artifacts"].get("history_in")
         model = tasks[evaluation]["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
         assert model["producerTask"] == train
         if t == 0:
             assert teacher is None and history is None
         else:
-            assert teacher["taskOutputArtifact"] == {
-                "outputArtifactKey": "model",
+            assert teacher["taskOutputParameter"] == {
+                "outputParameterKey": "model_uri",
                 "producerTask": trains[t - 1],
             }
             assert history["taskOutputArtifact"]["producerTask"] == evals[t - 1]
@@ -256,8 +257,8 @@ def test_pipeline_parameters_and_embedded_config(compiled):
     assert embedded["optim"]["momentum"] == 0.9  # resolved: defaults included
     assert train["launcher"]["runtimeValue"]["constant"] == "pytorchjob"
     # the optional inputs of step 0 are declared optional
-    comp = ir["components"]["comp-train-step"]["inputDefinitions"]["artifacts"]
-    assert comp["teacher"]["isOptional"] is True
+    comp = ir["components"]["comp-train-step"]["inputDefinitions"]["parameters"]
+    assert comp["teacher_uri"]["isOptional"] is True
     assert set(ir["root"]["outputDefinitions"]["artifacts"]) == {
         "report", "markdown", "plots", "history"
     }  # fmt: skip
