@@ -313,3 +313,24 @@ def test_git_revision_is_a_build_argument_after_the_installs(flavour: str) -> No
     installs = [i for i in items if i.keyword == "RUN" and "pip install" in i.args]
     assert arg.line > installs[-1].line  # a new revision rebuilds no layer that installs
     assert "--build-arg GIT_REVISION=$(GIT_REVISION)" in (REPO / "deploy.mk").read_text()
+
+
+def test_cuda_image_installs_into_the_bases_externally_managed_python() -> None:
+    """The base's Python is Ubuntu's system python3 with a PEP 668 marker (pytorch/pytorch's
+    Dockerfile since #169873/#170338: `official` stage, apt's python3, torch under
+    /usr/local/lib/python3.12); pip must be allowed to install there, into the same Python as
+    the base's torch: no venv, no reinstall of torch."""
+    items = instructions("cuda")
+    env = env_pairs(items)
+    assert env["PIP_BREAK_SYSTEM_PACKAGES"] == "1"
+    first_install = next(i for i in items if i.keyword == "RUN" and "pip install" in i.args)
+    env_line = next(
+        i for i in items if i.keyword == "ENV" and "PIP_BREAK_SYSTEM_PACKAGES" in i.args
+    )
+    assert env_line.line < first_install.line
+    runs = " ".join(i.args for i in items if i.keyword == "RUN")
+    for hidden in ("venv", "virtualenv", "--ignore-installed", "--force-reinstall", "conda "):
+        assert hidden not in runs, hidden
+    assert "python -m pip" in runs and "pip3 " not in runs  # the `python` that has torch
+    # the slim CPU image's Python (python.org's build) has no marker: nothing to allow
+    assert "PIP_BREAK_SYSTEM_PACKAGES" not in env_pairs(instructions("cpu"))
