@@ -4,8 +4,9 @@
 a `DKDError` before anything is compiled), then returns the `@dsl.pipeline`
 function. The resolved config is embedded as a constant; the number of steps
 comes from the config's task. Train step t+1 takes train step t's Model as its
-teacher; evaluate t+1 takes evaluate t's history, so the report gets every
-step's metrics. Evaluate t and train t+1 depend on nothing of each other and
+teacher, by URI (its `model_uri` output: an input artifact would be downloaded into
+the component pod, though only the job reads it); evaluate t+1 takes evaluate t's
+history, so the report gets every step's metrics. Evaluate t and train t+1 depend on nothing of each other and
 may run side by side.
 
 Seeds: the run-time parameter `seeds` (a list, default `[train.seed]` of the
