@@ -5,7 +5,8 @@ No cluster runs here, so what the upstream pieces do is written out from their s
 beside where it comes from:
 
 - the kubelet (kubernetes/kubernetes, pkg/kubelet/kuberuntime, read at commit
-  1f671eec38a8b413ee8e1e3e69a46b0c9689beda of master; the rule is unchanged since v1.19):
+  1f671eec38a8b413ee8e1e3e69a46b0c9689beda; which release tag holds that commit was not
+  resolvable here):
   `security_context_others.go` `verifyRunAsNonRoot`, the effective security context of
   `pkg/securitycontext/util.go` `DetermineEffectiveSecurityContext` (a container's field
   overrides the pod's), and `getImageUser` (an image with neither a uid nor a user name
