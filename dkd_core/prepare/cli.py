@@ -24,10 +24,11 @@ def cmd_data_push(args: argparse.Namespace) -> dict:
 
 def cmd_data_fetch(args: argparse.Namespace) -> dict:
     from dkd_core.prepare.fetch import fetch_dataset
+    from dkd_core.progress import bars_wanted
 
     return fetch_dataset(
         args.dataset, args.dest, mirror=args.mirror, archives=args.archives,
-        checksums=args.checksums, workers=args.workers,
+        checksums=args.checksums, workers=args.workers, progress=bars_wanted(True),
     )  # fmt: skip
 
 
