@@ -214,3 +214,21 @@ def test_a_missing_bucket_is_said_before_any_download(s3, tmp_path, capsys):
         dest = f"s3://no-such-bucket-{s3.bucket}/VOC2012"
         assert main(["data", "fetch", "voc", dest, "--mirror", server.url("")]) == 2
     assert "does not exist" in capsys.readouterr().err and server.requests == []
+
+
+def test_the_prepare_component_fetches_into_the_store(s3, ade_files, monkeypatch):
+    """The body of the prepare pipelines' task: official archives (here stand-ins, their
+    pin lifted) from a mirror, straight into the S3 prefix."""
+    from components.dkd import prepare_dataset
+
+    ade = fetch_module.ARCHIVES["ade"][0]
+    monkeypatch.setitem(fetch_module.ARCHIVES, "ade", (fetch_module.Archive(ade.name, ade.url),))
+    monkeypatch.setitem(archives_module.OFFICIAL_COUNTS, "ade", {"train": 6, "val": 3})
+    with serve_files(ade_files) as server:
+        prepare_dataset.python_func(
+            dataset="ade", dataset_uri=s3.uri("shared/ADE"), mirror=server.url(""), s3_endpoint=""
+        )
+    keys = [
+        o.object_name for o in s3.client().list_objects(s3.bucket, "shared/ADE/", recursive=True)
+    ]
+    assert "shared/ADE/objectInfo150.txt" in keys and len(keys) == 2 * 9 + 1
