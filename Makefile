@@ -35,6 +35,7 @@ bench: setup ## speed and memory figures vs baselines, saved as JSON in build/be
 	$(PY) benchmarks/bench_model.py --json build/bench/model.json
 	$(PY) benchmarks/bench_train.py --json build/bench/train.json
 	$(PY) benchmarks/bench_data.py --json build/bench/data.json
+	$(PY) benchmarks/bench_push.py --json build/bench/push.json
 	$(PY) benchmarks/toy_forgetting.py --json build/bench/toy_forgetting.json
 
 # The machine's own python (and torch) may be used: make gpu-check GPU_PYTHON=python3
