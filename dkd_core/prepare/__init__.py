@@ -7,3 +7,5 @@ archives  extract VOC 2012 + SBD / ADE20K archives into the layout `data.root` e
 sources   the official archives: URLs, the checksums public sources state, --checksums
 fetch     `data fetch`: download (or find) the archives, extract, verify, push
 """
+
+PUSH_WORKERS = 16  # parallel uploads of `data push`; the S3 store keeps as many connections open

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dkd_core.prepare.push import PUSH_WORKERS
+from dkd_core.prepare import PUSH_WORKERS
 
 
 def cmd_data_push(args: argparse.Namespace) -> dict:

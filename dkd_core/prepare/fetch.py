@@ -29,6 +29,7 @@ from pathlib import Path
 
 from dkd_core.errors import DKDError
 from dkd_core.locations import cache_dir
+from dkd_core.prepare import PUSH_WORKERS
 from dkd_core.prepare.archives import (
     ADE_ZIP,
     VOC_AUG_ZIP,
@@ -39,7 +40,7 @@ from dkd_core.prepare.archives import (
     prepare_ade,
     prepare_voc,
 )
-from dkd_core.prepare.push import PUSH_WORKERS, push_dataset, training_files
+from dkd_core.prepare.push import push_dataset, training_files
 from dkd_core.storage.store import atomic_output, file_chunks
 from dkd_core.storage.stores import open_store
 from dkd_core.storage.uris import is_remote, local_path

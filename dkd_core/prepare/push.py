@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from dkd_core.data.layout import SPLITS, open_layout
 from dkd_core.errors import DKDError
+from dkd_core.prepare import PUSH_WORKERS
 from dkd_core.storage.s3 import PART_SIZE
 from dkd_core.storage.store import ObjectInfo, file_chunks
 from dkd_core.storage.stores import open_store
@@ -34,7 +35,6 @@ from dkd_core.storage.uris import S3_SCHEME, folder_key, is_remote, split_s3_uri
 
 log = logging.getLogger("dkd_core.prepare")
 
-PUSH_WORKERS = 16  # parallel uploads; the S3 store keeps as many connections open
 # Besides the samples and their lists, the files `open_layout` reads when present.
 _DESCRIPTION_FILES = ("class_names.txt", "objectInfo150.txt", "dataset.yaml")
 
