@@ -35,6 +35,7 @@ bench: setup ## speed and memory figures vs baselines, saved as JSON in build/be
 	$(PY) benchmarks/bench_model.py --json build/bench/model.json
 	$(PY) benchmarks/bench_train.py --json build/bench/train.json
 	$(PY) benchmarks/bench_data.py --json build/bench/data.json
+	$(PY) benchmarks/bench_push.py --json build/bench/push.json
 	$(PY) benchmarks/toy_forgetting.py --json build/bench/toy_forgetting.json
 
 # The machine's own python (and torch) may be used: make gpu-check GPU_PYTHON=python3
@@ -50,7 +51,6 @@ mutate: setup ## mutation testing of the method's modules, niced (slow): [MODULE
 		$(if $(SAMPLE),--sample $(SAMPLE) --seed $(or $(SEED),0)) $(if $(ONLY),--only $(ONLY))
 
 PIPELINE ?= toy
-DATA ?= data/$(PIPELINE)
 # $(call given,VAR): VAR's value when set on the command line or in the environment, else
 # nothing (a default from this file is not a user's choice: IMAGE, DATA).
 given = $(if $(filter command line environment,$(origin $(1))),$($(1)))
@@ -64,8 +64,9 @@ PARALLEL_OPTION = $(if $(PARALLEL_SEEDS),--parallel-seeds $(PARALLEL_SEEDS))
 demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table [SEEDS=1,2] [VERBOSE=1]
 	$(PY) -m pipelines demo $(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
 
-run: setup ## run a benchmark's pipeline locally: make run PIPELINE=voc_15-1 DATA=/data/VOC2012 [SEEDS=1,2] [VERBOSE=1]
-	$(PY) -m pipelines run $(PIPELINE) --data $(DATA) $(foreach p,$(PARAMS),--param '$(p)') \
+run: setup ## run a benchmark's pipeline on this machine: make run PIPELINE=voc_15-1 [DATA=/data/VOC2012 (default: the config's data.root)] [GPUS=4 (torchrun, one process per GPU)] [SEEDS=1,2] [VERBOSE=1]
+	$(PY) -m pipelines run $(PIPELINE) $(if $(call given,DATA),--data $(DATA)) \
+		$(if $(GPUS),--gpus $(GPUS)) $(foreach p,$(PARAMS),--param '$(p)') \
 		$(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
 
 compile: setup ## compile for a cluster to build/PIPELINE.yaml: make compile PIPELINE=voc_15-1 IMAGE=registry/dkd:tag [LAUNCHER=trainjob] [SEEDS=1,2,3 (the default of the seeds parameter)] [PARALLEL_SEEDS=N]

@@ -10,15 +10,32 @@ from types import SimpleNamespace
 
 from kfp import dsl
 
-from components.dkd import ALL, LOCAL_IMAGE, evaluate, report, split_data, train_step
+from components.dkd import (
+    ALL,
+    LOCAL_IMAGE,
+    evaluate,
+    prepare_dataset,
+    report,
+    split_data,
+    train_step,
+)
 
 
 def with_image(image: str) -> SimpleNamespace:
-    """The components (`.split_data`, `.train_step`, `.evaluate`, `.report`) on `image`."""
+    """The components (`.split_data`, `.train_step`, `.evaluate`, `.report`,
+    `.prepare_dataset`) on `image`."""
     if image == LOCAL_IMAGE:
         return SimpleNamespace(**{c.python_func.__name__: c for c in ALL})
     decorate = dsl.component(base_image=image, install_kfp_package=False)
     return SimpleNamespace(**{c.python_func.__name__: decorate(c.python_func) for c in ALL})
 
 
-__all__ = ["LOCAL_IMAGE", "evaluate", "report", "split_data", "train_step", "with_image"]
+__all__ = [
+    "LOCAL_IMAGE",
+    "evaluate",
+    "prepare_dataset",
+    "report",
+    "split_data",
+    "train_step",
+    "with_image",
+]

@@ -308,4 +308,20 @@ def report(
             shutil.copy(path, plots.path)
 
 
-ALL = (split_data, train_step, evaluate, report)
+@dsl.component(base_image=LOCAL_IMAGE, install_kfp_package=False)
+def prepare_dataset(dataset: str, dataset_uri: str, mirror: str, s3_endpoint: str) -> None:
+    """`dkd_core data fetch DATASET DATASET_URI` in this pod: the official archives (or
+    `mirror`'s) are downloaded, verified, laid out and pushed straight into the object
+    store, so they never cross a laptop or a port-forward."""
+    import os
+
+    if s3_endpoint:
+        os.environ["S3_ENDPOINT"] = s3_endpoint
+
+    from dkd_core.prepare.fetch import fetch_dataset
+
+    summary = fetch_dataset(dataset, dataset_uri, mirror=mirror or None, progress=False)
+    print(", ".join(f"{k}: {v}" for k, v in summary.items()))
+
+
+ALL = (split_data, train_step, evaluate, report, prepare_dataset)

@@ -353,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="DKD run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_report)
+
+    from dkd_core.prepare.cli import add_data_commands
+
+    add_data_commands(sub)
     return parser
 
 

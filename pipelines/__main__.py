@@ -7,15 +7,18 @@
   render-job NAME --step N --launcher pytorchjob|trainjob --image IMG [--param k=v ...]
          [--seed N]   the job manifest a train step creates (pipe to kubectl apply
          --dry-run=server -f -)
-  run NAME --data DIR [--output build/NAME] [--param k=v ...] [--seeds 1,2] [--verbose]
-         locally, with kfp.local
+  run NAME [--data DIR] [--gpus N] [--output build/NAME] [--param k=v ...] [--seeds 1,2]
+         [--verbose]   on this machine, with kfp.local: each train step under torchrun
+         with N processes, one per GPU (default 0: one process, on the GPU if there is
+         one, else the CPU); the dataset defaults to the config's data.root
   demo [--output build/demo] [--seeds 1,2] [--verbose]   the toy benchmark end to end here
 
 --seeds runs one chain of steps per seed in the same run (the split is shared) and
 reports mean ± sample std per step; default: the config's train.seed.
 
-NAME is a config under pipelines/configs/ (e.g. voc_15-1) or a YAML path. Bad
-input is one line on stderr and exit code 2.
+NAME is a config under pipelines/configs/ (e.g. voc_15-1) or a YAML path; compile and
+submit also take prepare-voc and prepare-ade, which fetch a dataset into the object store
+(--data s3://..., --param mirror=URL). Bad input is one line on stderr and exit code 2.
 """
 
 import argparse
@@ -135,10 +138,26 @@ def _add_verbose_option(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _prepare_pipeline(args: argparse.Namespace):
+    """The `prepare-voc`/`prepare-ade` pipeline of the command line's options."""
+    from pipelines.prepare import build_prepare_pipeline
+
+    return build_prepare_pipeline(
+        args.name, image=args.image, s3_secret=args.s3_secret, s3_endpoint=args.s3_endpoint,
+        s3_secret_keys=_key_mapping("--s3-secret-keys", args.s3_secret_keys),
+    )  # fmt: skip
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines import builder
+    from pipelines.prepare import PREPARE_PIPELINES
 
     output = Path(args.output or f"build/{Path(args.name).stem}.yaml")
+    if args.name in PREPARE_PIPELINES:
+        builder.check_output(output)
+        path = builder.write_ir(_prepare_pipeline(args), output)
+        print(f"compiled {args.name} (image {args.image}) -> {path}")
+        return 0
     path = builder.compile_pipeline(args.name, output, seeds=args.seeds, **_compile_options(args))
     print(f"compiled {args.name} ({args.launcher}, image {args.image}) -> {path}")
     return 0
@@ -175,11 +194,45 @@ def submit_request(args: argparse.Namespace) -> tuple[Path, dict]:
     return config, params
 
 
+def _submit_prepare(args: argparse.Namespace, host: str) -> int:
+    """Submit `prepare-voc`/`prepare-ade`: DATA is the prefix to fill, which may be empty."""
+    from pipelines import builder
+    from pipelines.params import parse_params
+    from pipelines.submit import check_dataset_uri, submit
+
+    pipeline = _prepare_pipeline(args)
+    params = parse_params(pipeline, args.param)
+    if args.data:
+        if params.get("dataset_uri", args.data) != args.data:
+            raise DKDError("--data and --param dataset_uri name different prefixes: give one")
+        params["dataset_uri"] = args.data
+    if "dataset_uri" not in params:
+        raise DKDError(
+            f"{args.name}: where to? pass DATA=s3://bucket/prefix (make submit) or --data s3://..."
+        )
+    profile_secrets = (args.s3_secret,) if args.s3_secret == builder.DEFAULT_S3_SECRET else ()
+    check_dataset_uri(
+        params["dataset_uri"], namespace=args.namespace, profile_secrets=profile_secrets,
+        must_hold_objects=False,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        package = builder.write_ir(pipeline, Path(tmp) / "pipeline.yaml")
+        result = submit(
+            package, pipeline.name, pipeline.description or "", params, host=host,
+            namespace=args.namespace, experiment=args.experiment, token=args.token,
+        )  # fmt: skip
+    print(f"run {result.run_id} started: {result.url}")
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from pipelines import builder
+    from pipelines.prepare import PREPARE_PIPELINES
     from pipelines.submit import resolve_host, submit
 
     host = resolve_host(args.host)  # before compiling: a missing host is the first thing to say
+    if args.name in PREPARE_PIPELINES:
+        return _submit_prepare(args, host)
     config, params = submit_request(args)
     pipeline = builder.build_pipeline(config, **_compile_options(args))
     with tempfile.TemporaryDirectory() as tmp:
@@ -226,7 +279,7 @@ def cmd_run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
     output = Path(args.output or f"build/{Path(args.name).stem}")
     run = run_local(
         config, args.data, output, args.param, [*overrides, *args.override], args.verbose,
-        seeds=args.seeds,
+        seeds=args.seeds, gpus=args.gpus,
     )  # fmt: skip
     print(format_run(run))
     return 0
@@ -299,9 +352,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.set_defaults(handler=cmd_render_job)
 
-    p = sub.add_parser("run", help="run a benchmark's pipeline locally with kfp.local (CPU)")
+    p = sub.add_parser(
+        "run", help="run a benchmark's pipeline on this machine with kfp.local (its GPUs or CPU)"
+    )
     p.add_argument("name", metavar="NAME", help="config name (pipelines/configs/NAME.yaml) or path")
-    p.add_argument("--data", required=True, help="dataset folder (or s3:// URI)")
+    p.add_argument("--data", help="dataset folder (or s3:// URI); default: the config's data.root")
+    p.add_argument(
+        "--gpus", type=int, default=0, metavar="N",
+        help="processes per train step under torchrun, one per GPU (the gpus_per_pod "
+        "parameter); default 0: one process, on the GPU if there is one, else the CPU",
+    )  # fmt: skip
     p.add_argument("--output", help="output folder (default: build/NAME)")
     _add_param_options(p)
     _add_seeds_option(p, "the run's seeds")
@@ -310,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="generate the toy dataset if needed and run its pipeline")
     p.add_argument("--data", default="data/toy", help="toy dataset folder (default: data/toy)")
+    p.set_defaults(gpus=0)
     p.add_argument("--output", default="build/demo", help="output folder (default: build/demo)")
     _add_param_options(p)
     _add_seeds_option(p, "the run's seeds")

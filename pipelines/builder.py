@@ -380,12 +380,21 @@ def compile_pipeline(config: str | Path, output: str | Path, **options: Any) -> 
     (kfp 2.17 writes no timestamp or random id into the IR). The file is written
     whole or not at all.
     """
+    check_output(output)
+    return write_ir(build_pipeline(config_path(str(config)), **options), output)
+
+
+def check_output(output: str | Path) -> None:
+    if Path(output).suffix not in (".yaml", ".yml"):
+        raise DKDError(f"--output {output}: the pipeline file must end in .yaml")
+
+
+def write_ir(pipeline: Callable, output: str | Path) -> Path:
+    """Compile `pipeline` to IR YAML at `output`, whole or not at all, byte-stable."""
     from kfp import compiler
 
     output = Path(output)
-    if output.suffix not in (".yaml", ".yml"):
-        raise DKDError(f"--output {output}: the pipeline file must end in .yaml")
-    pipeline = build_pipeline(config_path(str(config)), **options)
+    check_output(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.stem}.partial{output.suffix}")
     try:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dkd_core.config import load_config
 from dkd_core.errors import DKDError
 from dkd_core.storage import is_remote
 from pipelines.builder import build_pipeline, run_seeds
@@ -247,14 +248,19 @@ class LocalRun:
 
 def run_local(
     config_path: str | Path,
-    data: str | Path,
+    data: str | Path | None,
     output: str | Path,
     params: Sequence[str] | Mapping[str, Any] = (),
     overrides: Sequence[str] = (),
     verbose: bool = False,
     seeds: str | Sequence[int] | None = None,
+    gpus: int = 0,
 ) -> LocalRun:
     """Run the pipeline of `config_path` with `kfp.local` on the dataset at `data`.
+
+    `data` None: the config's `data.root`. `gpus` is the default of the `gpus_per_pod`
+    parameter: each train step runs under torchrun with that many processes, one per
+    GPU of this machine (0: one process, on this machine's GPU if it has one, else CPU).
 
     `params` are pipeline parameters (`key=value` strings or a mapping; see
     `python -m pipelines run --help`), `overrides` config overrides appended to
@@ -265,12 +271,15 @@ def run_local(
     """
     from kfp import local
 
+    option = "--data"
+    if data is None:
+        data, option = load_config(config_path).data.root, f"data.root of {config_path}"
     if not is_remote(str(data)):
         if not Path(data).is_dir():
-            raise DKDError(f"dataset folder {data} does not exist (--data)")
+            raise DKDError(f"dataset folder {data} does not exist ({option})")
         data = Path(data).resolve()
     output = Path(output).resolve()
-    pipeline = build_pipeline(config_path, launcher="local", gpus_per_pod=0, cluster=False)
+    pipeline = build_pipeline(config_path, launcher="local", gpus_per_pod=gpus, cluster=False)
     arguments = apply_seeds(parse_params(pipeline, params), None if seeds is None else str(seeds))
     arguments["dataset_uri"] = str(data)
     # The tasks run here: they use this environment's S3_ENDPOINT (if any), not the cluster's.

@@ -118,6 +118,7 @@ def check_dataset_uri(
     env: Mapping[str, str] | None = None,
     namespace: str | None = None,
     profile_secrets: tuple[str, ...] = (),
+    must_hold_objects: bool = True,
 ) -> None:
     """Refuse, before anything is submitted, a dataset the pods could not read.
 
@@ -127,7 +128,7 @@ def check_dataset_uri(
       `mlpipeline-minio-artifact`), it must lie in `s3://mlpipeline/private/<namespace>/`
       or `s3://mlpipeline/shared/`.
     - When this machine can reach the store (S3_ENDPOINT/MINIO_ENDPOINT set), it must
-      hold objects.
+      hold objects (unless not `must_hold_objects`: a prefix a prepare pipeline fills).
     """
     from dkd_core.storage import is_remote, open_store, split_s3_uri
 
@@ -149,7 +150,7 @@ def check_dataset_uri(
                 f"{profile_secrets[0]}) may read only {where}; upload the dataset there, or "
                 "give the pods keys that can read it (--s3-secret, --job-s3-secret)"
             )
-    if not (env.get("S3_ENDPOINT") or env.get("MINIO_ENDPOINT")):
+    if not must_hold_objects or not (env.get("S3_ENDPOINT") or env.get("MINIO_ENDPOINT")):
         return  # the store is not reachable from here; the split step will say if it is wrong
     if not open_store(uri).list(uri, recursive=False):
         raise DKDError(f"dataset_uri {uri} holds no objects: upload the dataset there first")

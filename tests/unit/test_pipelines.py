@@ -719,8 +719,8 @@ def test_make_compile_and_submit_without_an_image_are_refused():
     result = cli(*argv, "--host", "http://127.0.0.1:9")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"error: {builder.NO_IMAGE}"]
-    # make run (kfp.local) takes no image, and a local DATA default
-    assert make_command("run", "PIPELINE=toy")[:3] == ["run", "toy", "--data"]
+    # make run (kfp.local) takes no image; without DATA= the config's data.root
+    assert make_command("run", "PIPELINE=toy") == ["run", "toy"]
 
 
 def test_params_are_typed_by_the_pipeline():
