@@ -112,11 +112,13 @@ def train_step(
     manifest: Input[Dataset],
     model: Output[Model],
     teacher: Input[Model] = None,
+    pretrained: str = "",
 ) -> None:
     """Train one CISS step with `launcher` (local | pytorchjob | trainjob); the job writes `model`.
 
     Overrides, in order (later wins): data.root=<dataset_uri>, optim.epochs=<epochs>
-    (0 keeps the config's), `overrides`, then train.seed=<seed> (this chain's seed:
+    (0 keeps the config's), model.pretrained=<pretrained> (empty keeps the config's),
+    `overrides`, then train.seed=<seed> (this chain's seed:
     model init, data order, augmentation, exemplar choice). The pod parameters become
     the job's `ClusterSpec` in `pipelines.jobspec.cluster_spec`.
     """
@@ -131,7 +133,7 @@ def train_step(
 
     if s3_endpoint:
         os.environ["S3_ENDPOINT"] = s3_endpoint  # for this pod, and forwarded to the job's
-    settings = jobspec.step_settings(dataset_uri, epochs, overrides, seed)
+    settings = jobspec.step_settings(dataset_uri, epochs, overrides, seed, pretrained)
     config = config_from_dict(yaml.safe_load(config_yaml), settings, "pipeline config")
     # The job writes the checkpoint at model.uri; KFP then uploads this local folder, empty.
     os.makedirs(model.path, exist_ok=True)
