@@ -67,22 +67,33 @@ def torchvision_url(reference: str) -> str:
 
 
 def resolve_weights(reference: str | Path, *, progress: bool = True) -> Path:
-    """The local file of a weight reference, downloaded into the cache once when remote
-    and checked against a torch.hub hash prefix in its name."""
+    """The local file of a weight reference (`torchvision:NAME` included), downloaded into
+    the cache once when remote and checked against a torch.hub hash prefix in its name."""
     text = str(reference).strip()
     if text.startswith(TORCHVISION_SCHEME):
-        return resolve_weights(torchvision_url(text), progress=progress)
+        text = torchvision_url(text)
+    return local_file(text, progress=progress, hub_check=True)
+
+
+def local_file(
+    reference: str, *, progress: bool = True, hub_check: bool = False, what: str = "weight file"
+) -> Path:
+    """The local file of a path, `file://`, s3:// / minio:// or http(s):// reference; a
+    remote one is fetched into `$DKD_CACHE/weights` once. `hub_check`: refuse a file
+    whose torch.hub name prefix does not match (a fetched copy is then removed)."""
+    text = str(reference).strip()
     if text.lower().startswith(HTTP_SCHEMES):
-        name = Path(urllib.parse.urlsplit(text).path).name or "weights"
+        name = Path(urllib.parse.urlsplit(text).path).name or "download"
         path = download(text, _cache_folder(text) / name, progress=progress)
         cached = True
     elif is_remote(text):
-        path, cached = _fetch_object(text, progress), True
+        path, cached = _fetch_object(text, progress, what), True
     else:
         path, cached = local_path(text), False
         if not path.is_file():
-            raise DKDError(f"weight file {path} does not exist")
-    check_hub_prefix(text, path, remove=cached)
+            raise DKDError(f"{what} {path} does not exist")
+    if hub_check:
+        check_hub_prefix(text, path, remove=cached)
     return path
 
 
@@ -117,13 +128,13 @@ def _cache_folder(uri: str) -> Path:
     return cache_dir("weights", hashlib.sha256(uri.encode()).hexdigest()[:16])
 
 
-def _fetch_object(uri: str, progress: bool) -> Path:
+def _fetch_object(uri: str, progress: bool, what: str) -> Path:
     """The S3 object at `uri` in the cache: fetched again only when its size or ETag
     changed since the cached copy was made."""
     store = open_store(uri)
     info = store.stat(uri)
     if info is None:
-        raise DKDError(f"weight file {uri} does not exist")
+        raise DKDError(f"{what} {uri} does not exist")
     folder = _cache_folder(uri)
     path = folder / (Path(uri.rstrip("/")).name or "weights")
     record = folder / "source.json"

@@ -179,3 +179,21 @@ def test_torchvision_names_are_torchvisions_urls(monkeypatch, tmp_path):
     assert sorted(TORCHVISION_URLS) == ["resnet101", "resnet18", "resnet50"]
     with pytest.raises(DKDError, match=r"'torchvision:resnet34': unknown torchvision weights"):
         resolve_weights("torchvision:resnet34")
+
+
+def test_fetch_weights_copies_into_a_bucket_and_prints_the_parameter(capsys, s3: S3Endpoint):
+    name, data, _ = backbone_file()
+    with serve_files({name: data}) as server:
+        code = cli.main(["fetch", "weights", server.url(name), "--dest", s3.uri("shared/weights")])
+    assert code == 0
+    uri = s3.uri(f"shared/weights/{name}")
+    assert capsys.readouterr().out.strip().splitlines()[0] == f"pretrained={uri}"
+    assert open_store(uri).read_bytes(uri) == data
+
+
+def test_fetch_weights_into_a_folder(capsys, tmp_path):
+    name, data, _ = backbone_file()
+    with serve_files({name: data}) as server:
+        assert cli.main(["fetch", "weights", server.url(name), "--dest", str(tmp_path / "w")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"pretrained={tmp_path / 'w' / name}"
+    assert (tmp_path / "w" / name).read_bytes() == data
