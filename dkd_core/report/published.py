@@ -78,10 +78,6 @@ PUBLISHED: dict[tuple[str, str, str], tuple[Published, ...]] = {
 }
 
 
-def published_for(
-    dataset: str, task: str, setting: str, method: str | None = None
-) -> tuple[Published, ...]:
-    """The published rows of a benchmark (of `method` only, when given: DKD or DKD-M);
-    empty for any other task (the toy, a custom one)."""
-    rows = PUBLISHED.get((dataset, task, setting), ())
-    return tuple(p for p in rows if method is None or p.method == method)
+def published_for(dataset: str, task: str, setting: str) -> tuple[Published, ...]:
+    """The published rows of a benchmark; empty for any other task (the toy, a custom one)."""
+    return PUBLISHED.get((dataset, task, setting), ())
