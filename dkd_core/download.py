@@ -212,6 +212,8 @@ def _transfer(
             )
         if offset:
             log.info("download %s: resuming at byte %d", url, offset)
+        else:  # a line in a pod's log, where no bar is drawn
+            log.info("download %s (%s bytes) -> %s", url, total or "unknown", partial.parent)
         with (
             open(partial, mode) as out,
             tqdm(

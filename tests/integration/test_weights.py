@@ -117,6 +117,29 @@ def train_cli(capsys, monkeypatch, toy_root, tmp_path, pretrained: str) -> tuple
     return code, err
 
 
+def test_a_damaged_teacher_is_refused_before_any_dataset_file(
+    capsys, monkeypatch, toy_root, tmp_path
+):
+    from dkd_core.checkpoint import save_model_checkpoint
+
+    teacher = tmp_path / "teacher"
+    save_model_checkpoint(teacher, DeepLabV3((4,), "tiny", 16, 32), {"step": 0})
+    weights_file = teacher / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:-8] + b"\0" * 8)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the dataset was read before the teacher was checked")
+
+    monkeypatch.setattr(train_module, "step_data", no_data)
+    code = cli.main(
+        ["train", "--config", str(CONFIGS / "toy.yaml"), "--step", "1", "--teacher", str(teacher),
+         f"data.root={toy_root}", f"run.output={tmp_path / 'run'}", "train.metrics_port=-1"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "model.safetensors" in err and "sha256" in err
+
+
 def test_a_wrong_hash_prefix_is_refused_before_any_dataset_file(
     capsys, monkeypatch, toy_root, tmp_path, cache
 ):
