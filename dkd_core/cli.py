@@ -30,11 +30,13 @@ def _parse_task(spec: str):
 def cmd_convert_reference(args: argparse.Namespace) -> dict:
     from dkd_core.checkpoint import save_model_checkpoint
     from dkd_core.compat import load_reference_checkpoint, reference_meta
+    from dkd_core.weights import local_file
 
     classes = None
     if args.classes_per_step:
         classes = [int(n) for n in args.classes_per_step.split(",")]
-    model = load_reference_checkpoint(args.input, classes_per_step=classes)
+    local = local_file(args.input, what="checkpoint")  # a path, https:// or s3:// URI
+    model = load_reference_checkpoint(local, classes_per_step=classes)
     source = {"kind": "reference-checkpoint", "path": str(args.input)}
     meta: dict = {"source": source}
     if args.task:
@@ -267,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a checkpoint saved by the authors' DKD code (weights_only, no pickle "
         "code) and write OUT/model.safetensors + OUT/meta.json.",
     )
-    p.add_argument("input", help="the authors' .pth checkpoint")
+    p.add_argument("input", help="the authors' .pth checkpoint (path, https:// or s3:// URI)")
     p.add_argument("output", help="checkpoint folder to write")
     p.add_argument("--classes-per-step", help="expected heads, e.g. 15,1,1 (checked)")
     p.add_argument("--task", help="task the checkpoint was trained on, e.g. voc:15-1")
