@@ -116,6 +116,7 @@ def train_step(
     model: Output[Model],
     model_uri: dsl.OutputPath(str),
     teacher_uri: str = "",
+    pretrained: str = "",
 ) -> None:
     """Train one CISS step with `launcher` (local | pytorchjob | trainjob); the job writes `model`.
 
@@ -126,7 +127,8 @@ def train_step(
     checkpoint that only the job's pods read, from the store.
 
     Overrides, in order (later wins): data.root=<dataset_uri>, optim.epochs=<epochs>
-    (0 keeps the config's), `overrides`, then train.seed=<seed> (this chain's seed:
+    (0 keeps the config's), model.pretrained=<pretrained> (empty keeps the config's),
+    `overrides`, then train.seed=<seed> (this chain's seed:
     model init, data order, augmentation, exemplar choice). The pod parameters become
     the job's `ClusterSpec` in `pipelines.jobspec.cluster_spec`.
     """
@@ -141,7 +143,7 @@ def train_step(
 
     if s3_endpoint:
         os.environ["S3_ENDPOINT"] = s3_endpoint  # for this pod, and forwarded to the job's
-    settings = jobspec.step_settings(dataset_uri, epochs, overrides, seed)
+    settings = jobspec.step_settings(dataset_uri, epochs, overrides, seed, pretrained)
     config = config_from_dict(yaml.safe_load(config_yaml), settings, "pipeline config")
     # The job writes the checkpoint at model.uri; KFP then uploads this local folder, empty.
     os.makedirs(model.path, exist_ok=True)

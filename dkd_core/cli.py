@@ -29,30 +29,53 @@ def _parse_task(spec: str):
 
 def cmd_convert_reference(args: argparse.Namespace) -> dict:
     from dkd_core.checkpoint import save_model_checkpoint
-    from dkd_core.compat import load_reference_checkpoint
+    from dkd_core.compat import load_reference_checkpoint, reference_meta
+    from dkd_core.weights import local_file
 
     classes = None
     if args.classes_per_step:
         classes = [int(n) for n in args.classes_per_step.split(",")]
-    model = load_reference_checkpoint(args.input, classes_per_step=classes)
-    meta: dict = {"source": {"kind": "reference-checkpoint", "path": str(args.input)}}
+    local = local_file(args.input, what="checkpoint")  # a path, https:// or s3:// URI
+    model = load_reference_checkpoint(local, classes_per_step=classes)
+    source = {"kind": "reference-checkpoint", "path": str(args.input)}
+    meta: dict = {"source": source}
     if args.task:
-        task = _parse_task(args.task)
-        step = task.step(len(model.classes_per_step) - 1)
-        if step.classes_per_step != model.classes_per_step:
-            raise DKDError(
-                f"{args.input}: heads {list(model.classes_per_step)} do not match "
-                f"{args.task} step {step.index}, which has {list(step.classes_per_step)}"
-            )
-        meta["task"] = {"dataset": task.dataset, "name": task.name, "setting": args.setting}
-        meta["step"] = step.index
-        meta["channel_to_label"] = list(step.channel_to_label)
+        meta = reference_meta(model, _parse_task(args.task), args.setting, source, args.input)
     save_model_checkpoint(args.output, model, meta)
     return {
         "output": str(args.output),
         "backbone": model.backbone_name,
         "classes_per_step": list(model.classes_per_step),
     }
+
+
+def cmd_fetch_weights(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from dkd_core.download import sha256_file
+    from dkd_core.storage import is_remote, join, local_path, open_store
+    from dkd_core.weights import resolve_weights
+
+    local = resolve_weights(args.reference, progress=not args.json)
+    uri = str(local)
+    if args.dest:
+        uri = join(args.dest, local.name)
+        target = uri if is_remote(uri) else str(local_path(uri))
+        if is_remote(uri) or not (Path(target).exists() and Path(target).samefile(local)):
+            open_store(uri).upload_file(local, target)
+    if not args.json:
+        print(f"pretrained={uri}")
+    return {"weights": uri, "sha256": sha256_file(local)}
+
+
+def cmd_fetch_checkpoints(args: argparse.Namespace) -> dict:
+    from dkd_core.releases import fetch_release
+
+    result = fetch_release(args.name, args.dest, progress=not args.json)
+    if not args.json:
+        for checkpoint in result["checkpoints"]:
+            print(checkpoint)
+    return result
 
 
 def _setup_logging() -> None:
@@ -116,8 +139,9 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     from dkd_core.evaluate_cli import evaluate_checkpoint
 
     _setup_logging()
+    overrides = [*([f"data.root={args.data}"] if args.data else []), *args.overrides]
     report, out, channel_names = evaluate_checkpoint(
-        args.checkpoint, args.overrides, args.whole_image, args.output, args.manifest
+        args.checkpoint, overrides, args.whole_image, args.output, args.manifest
     )
     if not args.json:
         print(report.format_table(channel_names))
@@ -245,13 +269,40 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a checkpoint saved by the authors' DKD code (weights_only, no pickle "
         "code) and write OUT/model.safetensors + OUT/meta.json.",
     )
-    p.add_argument("input", help="the authors' .pth checkpoint")
+    p.add_argument("input", help="the authors' .pth checkpoint (path, https:// or s3:// URI)")
     p.add_argument("output", help="checkpoint folder to write")
     p.add_argument("--classes-per-step", help="expected heads, e.g. 15,1,1 (checked)")
     p.add_argument("--task", help="task the checkpoint was trained on, e.g. voc:15-1")
     p.add_argument("--setting", default="overlap", choices=("overlap", "disjoint"))
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_convert_reference)
+
+    p = sub.add_parser(
+        "fetch", help="download model inputs: ImageNet weights, authors' checkpoints"
+    )
+    fetch = p.add_subparsers(dest="what", required=True)
+    p = fetch.add_parser(
+        "weights",
+        help="download and verify a weight file, or copy it into a folder or bucket",
+        description="Fetch NAME_OR_URI (torchvision:resnet101, https://..., s3://..., a path) "
+        "into the cache, check its torch.hub name prefix, and copy it to --dest; prints the "
+        "value to pass as the pipelines' pretrained parameter.",
+    )
+    p.add_argument("reference", metavar="NAME_OR_URI")
+    p.add_argument("--dest", help="folder or s3:// prefix to copy the file into")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_fetch_weights)
+    p = fetch.add_parser(
+        "checkpoints",
+        help="download one of the authors' release zips and convert its checkpoints",
+        description="NAME: a release zip the authors' README links (e.g. voc_overlapped_15-1), "
+        "or the URL, s3:// URI or path of a copy of one. Each checkpoint becomes "
+        "DEST/step_<t>/checkpoint, ready for `evaluate --checkpoint ... --data ROOT`.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--dest", help="folder or s3:// prefix (default: results/authors/NAME)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(handler=cmd_fetch_checkpoints)
 
     p = sub.add_parser("train", help="train one CISS step (alone or under torchrun)")
     p.add_argument(
@@ -285,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, help="checkpoint URI (model.safetensors + meta.json)"
     )
     p.add_argument("--manifest", help="split manifest URI (default: from the checkpoint's config)")
+    p.add_argument("--data", help="dataset root (as data.root=; needed for converted checkpoints)")
     p.add_argument(
         "--whole-image", action="store_true", help="evaluate whole images, not 512 crops"
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -135,3 +136,24 @@ def load_reference_checkpoint(
     match_state_dict(model.state_dict(), ours, source, "the reference DeepLabV3 layout (our names)")
     model.load_state_dict(ours, strict=True)
     return model
+
+
+def reference_meta(
+    model: DeepLabV3, task, setting: str, source: Mapping[str, Any], where: str
+) -> dict[str, Any]:
+    """Checkpoint metadata of a converted reference model of `task` (a `tasks.Task`): its
+    step (from the number of heads, which must match the task's), task and channels."""
+    step = task.step(len(model.classes_per_step) - 1) if model.classes_per_step else None
+    if step is None or step.classes_per_step != model.classes_per_step:
+        expected = list(step.classes_per_step) if step is not None else "none"
+        raise DKDError(
+            f"{where}: heads {list(model.classes_per_step)} do not match "
+            f"{task.dataset}:{task.name} step {len(model.classes_per_step) - 1}, "
+            f"which has {expected}"
+        )
+    return {
+        "source": dict(source),
+        "task": {"dataset": task.dataset, "name": task.name, "setting": setting},
+        "step": step.index,
+        "channel_to_label": list(step.channel_to_label),
+    }

@@ -25,8 +25,11 @@ import certifi
 import urllib3
 from tqdm import tqdm
 
+from dkd_core.checkpoint_format import sha256_file
 from dkd_core.errors import DKDError
 from dkd_core.progress import bars_wanted
+
+__all__ = ["download", "hub_hash_prefix", "sha256_file"]
 
 log = logging.getLogger("dkd_core.download")
 
@@ -48,11 +51,6 @@ def hub_hash_prefix(filename: str) -> str | None:
     nothing in torch.hub either, so it is None here too."""
     match = HUB_HASH_REGEX.search(filename)
     return match.group(1) or None if match else None
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 (hex) of the file at `path`."""
-    return _digests(path, ("sha256",))["sha256"]
 
 
 def _digests(path: Path, names: tuple[str, ...]) -> dict[str, str]:
@@ -214,6 +212,8 @@ def _transfer(
             )
         if offset:
             log.info("download %s: resuming at byte %d", url, offset)
+        else:  # a line in a pod's log, where no bar is drawn
+            log.info("download %s (%s bytes) -> %s", url, total or "unknown", partial.parent)
         with (
             open(partial, mode) as out,
             tqdm(

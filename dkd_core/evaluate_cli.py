@@ -31,13 +31,10 @@ def evaluate_checkpoint(
     info = distributed.init_distributed()
     try:
         model, meta, _ = open_model_checkpoint(checkpoint, cache_dir("checkpoints"), info.device)
-        if "config" not in meta or "step" not in meta:
-            raise DKDError(
-                f"{checkpoint}: metadata has no training config/step (converted reference "
-                "checkpoints need the data given: train-time config is unknown)"
-            )
         extra = ["data.whole_image_eval=true"] if whole_image else []
-        config = config_from_dict(meta["config"], [*overrides, *extra], source=str(checkpoint))
+        config = config_from_dict(
+            _trained_config(checkpoint, meta, overrides), [*overrides, *extra], str(checkpoint)
+        )
         step = task_of(config).step(meta["step"])
         if tuple(model.classes_per_step) != step.classes_per_step:
             raise DKDError(
@@ -58,3 +55,23 @@ def evaluate_checkpoint(
         return report, out, data.channel_names
     finally:
         distributed.cleanup()
+
+
+def _trained_config(checkpoint: str, meta: dict, overrides: list[str]) -> dict:
+    """The config a checkpoint was trained with; for a converted one (the authors'), the
+    task of its metadata, with the data root the user gives, in a run beside it."""
+    if "step" not in meta:
+        raise DKDError(
+            f"{checkpoint}: metadata has no step; convert the checkpoint with --task "
+            "(convert-reference --task voc:15-1) so that its task and step are known"
+        )
+    if "config" in meta:
+        return meta["config"]
+    if not isinstance(meta.get("task"), dict):
+        raise DKDError(f"{checkpoint}: metadata has no training config and no task")
+    if not any(o.partition("=")[0].strip() == "data.root" for o in overrides):
+        raise DKDError(
+            f"{checkpoint}: a converted checkpoint does not say where its data is; "
+            "pass --data ROOT (or data.root=ROOT)"
+        )
+    return {"task": meta["task"], "run": {"output": parent(parent(checkpoint))}}

@@ -234,6 +234,7 @@ def exemplar_memory(
     data: StepData,
     teacher,
     info: distributed.DistInfo,
+    pretrained: str | None = None,
 ) -> list[str]:
     """DKD-M: ids of the old-step images replayed at this step (docs/method.md §2; see `memory`).
 
@@ -252,7 +253,7 @@ def exemplar_memory(
         label_sets = ground_truth_label_sets(previous_train, previous.new_labels)
     else:
         labeller = memory_labeller(
-            config.data.memory_pseudo_labels, teacher, config.model.pretrained, config.train.seed
+            config.data.memory_pseudo_labels, teacher, pretrained, config.train.seed
         )
         label_sets = pseudo_label_sets(
             labeller, previous_train, previous, config.data.crop_size, info

@@ -47,11 +47,12 @@ from dkd_core.precision import (
     restore_scaler,
     scaler_state_to_json,
 )
-from dkd_core.progress import ProgressLine
+from dkd_core.progress import ProgressLine, bars_wanted
 from dkd_core.resume import StepProgress, TrainingInterrupted, plan_step, teacher_identity
 from dkd_core.step_data import exemplar_memory, step_data, task_of, train_dataset
 from dkd_core.storage import (
     checkpoint_complete,
+    fetch_checkpoint,
     is_remote,
     join,
     latest_checkpoint,
@@ -59,6 +60,7 @@ from dkd_core.storage import (
     open_store,
 )
 from dkd_core.tasks import Task, TaskStep
+from dkd_core.weights import resolve_weights
 
 log = logging.getLogger("dkd_core.train")
 
@@ -66,22 +68,57 @@ log = logging.getLogger("dkd_core.train")
 # -- model and optimisation --------------------------------------------------------------
 
 
-def build_student_and_teacher(
-    config: Config, step: TaskStep, teacher_uri: str | None
-) -> tuple[DeepLabV3, DeepLabV3 | None]:
-    """Step 0: a fresh model. Step t: step t-1's final model grown by one head, plus its frozen copy."""
+def step_weights(config: Config, step: TaskStep, info) -> str | None:
+    """The local file of `model.pretrained` when this step reads it (step 0's backbone;
+    the "untrained" memory labeller of a later DKD-M step), fetched and checked once per
+    node (`weights.resolve_weights`); None when the step reads no ImageNet weights."""
+    spec = config.model.pretrained
+    labeller_reads_it = (
+        config.data.memory_size > 0
+        and config.data.memory_pseudo_labels == "untrained"
+        and step.index > 1
+    )
+    if spec is None or not (step.index == 0 or labeller_reads_it):
+        return None
+    progress = bars_wanted(config.train.progress)
+    first = info.local_rank == 0
+    if first:  # one download per node; the node's other processes then find it cached
+        path = resolve_weights(spec, progress=progress)
+    distributed.barrier()
+    if not first:
+        path = resolve_weights(spec, progress=False)
+    return str(path)
+
+
+def verify_teacher(step: TaskStep, teacher_uri: str | None) -> None:
+    """Step t > 0: its teacher, step t-1's final checkpoint, exists and every file of it
+    verifies (fetched into the cache when remote)."""
     if step.index == 0:
-        m = config.model
-        model = DeepLabV3(
-            step.classes_per_step, m.backbone, m.output_stride, m.aspp_channels,
-            pretrained_backbone=m.pretrained,
-        )  # fmt: skip
-        return model, None
+        return
     if teacher_uri is None or not open_store(teacher_uri).exists(join(teacher_uri, META_FILE)):
         raise DKDError(
             f"step {step.index} needs step {step.index - 1}'s final checkpoint at {teacher_uri}; "
             f"train step {step.index - 1} first (same config, --step {step.index - 1})"
         )
+    fetch_checkpoint(teacher_uri, cache_dir("checkpoints"))
+
+
+def build_student_and_teacher(
+    config: Config, step: TaskStep, teacher_uri: str | None, pretrained: str | None = None
+) -> tuple[DeepLabV3, DeepLabV3 | None]:
+    """Step 0: a fresh model, its backbone from `pretrained` (the local file of
+    `model.pretrained`, resolved here when not given). Step t: step t-1's final model
+    grown by one head, plus its frozen copy."""
+    if step.index == 0:
+        m = config.model
+        if pretrained is None and m.pretrained is not None:
+            pretrained = str(resolve_weights(m.pretrained, progress=False))
+        model = DeepLabV3(
+            step.classes_per_step, m.backbone, m.output_stride, m.aspp_channels,
+            pretrained_backbone=pretrained,
+        )  # fmt: skip
+        return model, None
+    verify_teacher(step, teacher_uri)
     model, _, _ = open_model_checkpoint(teacher_uri, cache_dir("checkpoints"))
     expected = step.classes_per_step[:-1]
     if model.classes_per_step != expected:
@@ -283,11 +320,16 @@ def _train_step(
 
     torch.manual_seed(config.train.seed)
     batches = plan_batches(config.data.batch_size, info.world_size, config.data.micro_batch_size)
+    # Inputs that may be wrong or missing are checked before any dataset file is fetched.
+    pretrained = step_weights(config, step, info)
+    verify_teacher(step, teacher_uri)
     data = step_data(config, step, where.manifest, info)
-    model, teacher = build_student_and_teacher(config, step, teacher_uri)
+    model, teacher = build_student_and_teacher(config, step, teacher_uri, pretrained)
     train_set = data.train
     if config.data.memory_size > 0 and step.index > 0:
-        memory = exemplar_memory(config, step, where, teacher_uri, data, teacher, info)
+        memory = exemplar_memory(
+            config, step, where, teacher_uri, data, teacher, info, pretrained=pretrained
+        )
         train_set = train_dataset(
             config, step, train_set.samples + [data.train_samples[i] for i in memory]
         )

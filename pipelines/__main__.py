@@ -178,7 +178,7 @@ def submit_request(args: argparse.Namespace) -> tuple[Path, dict]:
             raise DKDError("--data and --param dataset_uri name different datasets: give one")
         params["dataset_uri"] = args.data
     add_overrides(params, args.override)
-    builder.run_seeds(config, params)  # a typo or a bad seed fails here, not later
+    builder.run_seeds(config, params, cluster=True)  # a typo or a bad seed fails here
     if "dataset_uri" not in params:
         raise DKDError(
             "no dataset: pass DATA=s3://bucket/prefix (make submit) or --data s3://bucket/prefix"

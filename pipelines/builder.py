@@ -29,7 +29,8 @@ seeds never share a checkpoint folder, a job name (a hash of the Model's URI) or
 a lease.
 
 Run-time settings are pipeline parameters, shown in the KFP UI: the dataset
-(required), the S3 endpoint, the jobs' image, namespace and pods
+(required), the ImageNet weights (`pretrained`, default the config's
+`model.pretrained`; an air-gapped cluster names a copy in its own S3), the S3 endpoint, the jobs' image, namespace and pods
 (`pipelines.jobspec.POD_DEFAULTS`). Compile-time: the launcher, the image the
 components run on (also the default of `image`) and the Secrets with S3 keys.
 What a cluster needs (S3 Secrets in the component pods, GPUs for a step that
@@ -62,6 +63,7 @@ from dkd_core.config import Config, config_to_dict, load_config
 from dkd_core.errors import DKDError
 from dkd_core.launch import LAUNCHERS
 from dkd_core.tasks import Task, get_task
+from dkd_core.weights import is_local_reference
 from pipelines.jobspec import (
     DEFAULT_JOB_S3_KEYS,
     DEFAULT_S3_ENDPOINT,
@@ -142,17 +144,37 @@ def job_s3_access(
     return secret, keys
 
 
-def run_seeds(config_file: str | Path, arguments: Mapping[str, Any]) -> list[int]:
+def run_seeds(
+    config_file: str | Path, arguments: Mapping[str, Any], cluster: bool = False
+) -> list[int]:
     """The seeds a run with pipeline `arguments` trains: its `seeds`, else the config's
     train.seed (the parameter's default), each checked with the run's overrides as a
     train step applies them (`jobspec.step_settings`); a typo in an override, a bad or
-    repeated seed, or an override of train.seed is a `DKDError` here, not in a task."""
+    repeated seed, or an override of train.seed is a `DKDError` here, not in a task.
+    `cluster`: the weights the steps read must be readable in a pod (not a local path)."""
     overrides = list(arguments.get("overrides", []))
+    pretrained = str(arguments.get("pretrained", "") or "")
     config = load_config(config_file, overrides)
     seeds = seed_list(arguments.get("seeds", [config.train.seed]), "--param seeds={}")
     for seed in seeds:  # the settings of a train step of that seed
-        load_config(config_file, step_settings(config.data.root, 0, overrides, seed))
+        settings = step_settings(config.data.root, 0, overrides, seed, pretrained)
+        step_config = load_config(config_file, settings)
+        if cluster:
+            check_pod_weights(step_config.model.pretrained, "pretrained")
     return seeds
+
+
+def check_pod_weights(reference: str | None, where: str) -> None:
+    """A one-line `DKDError` when the weight file `reference` is a local path, which the
+    pods of a cluster cannot read; it says what to pass instead."""
+    if reference is None or not is_local_reference(reference):
+        return
+    raise DKDError(
+        f"{where}={reference}: a file on this machine, which the training pods cannot read; "
+        "pass --param pretrained=torchvision:resnet101 (downloaded by the pods), an https:// "
+        "URL, or an s3:// URI (copy the file there with `python -m dkd_core fetch weights "
+        f"{reference} --dest s3://mlpipeline/shared/weights/`)"
+    )
 
 
 def build_pipeline(
@@ -210,6 +232,9 @@ def build_pipeline(
     if not isinstance(image, str) or any(c.isspace() for c in image):
         raise DKDError(f"image {image!r} is not an image reference (REGISTRY/NAME:TAG)")
     config = load_config(config_path)
+    if cluster:  # a local path is never compiled in: it means nothing in a pod
+        check_pod_weights(config.model.pretrained, f"{config_path}: model.pretrained")
+    default_pretrained = config.model.pretrained or ""
     default_seeds = seed_list([config.train.seed] if seeds is None else seeds)
     task = _task(config)
     config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False)
@@ -282,6 +307,7 @@ def build_pipeline(
         run_as_user: int = pod["run_as_user"],
         kueue_queue: str = pod["kueue_queue"],
         queue_timeout_hours: float = QUEUE_TIMEOUT_SAME,
+        pretrained: str = default_pretrained,
     ) -> PipelineOutputs:
         split = c.split_data(
             config_yaml=config_yaml, dataset_uri=dataset_uri, overrides=overrides,
@@ -309,7 +335,7 @@ def build_pipeline(
                     trainjob_runtime=trainjob_runtime, delete_after_done=delete_after_done,
                     run_as_user=run_as_user, kueue_queue=kueue_queue,
                     queue_timeout_hours=queue_timeout_hours,
-                    manifest=manifest,
+                    manifest=manifest, pretrained=pretrained,
                     **({"teacher_uri": teacher_uri} if teacher_uri is not None else {}),
                 )  # fmt: skip
                 on_cluster_train(train, t, gpus_per_pod)

@@ -231,10 +231,15 @@ def launch_options(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def step_settings(
-    dataset_uri: str, epochs: int, overrides: Sequence[str], seed: int | None = None
+    dataset_uri: str,
+    epochs: int,
+    overrides: Sequence[str],
+    seed: int | None = None,
+    pretrained: str = "",
 ) -> list[str]:
     """Config overrides of a step, in order (later wins): data.root, optim.epochs (0: the
-    config's), the `overrides` parameter, then train.seed=<seed> (the chain's seed).
+    config's), model.pretrained (the `pretrained` parameter; empty: the config's), the
+    `overrides` parameter, then train.seed=<seed> (the chain's seed).
 
     The seed is the pipeline's `seeds` parameter, one chain per seed; `overrides` may
     not set it too (a seed there would be silently replaced in every chain).
@@ -252,6 +257,7 @@ def step_settings(
     return [
         f"data.root={dataset_uri}",
         *([f"optim.epochs={epochs}"] if epochs else []),
+        *([f"model.pretrained={pretrained.strip()}"] if pretrained and pretrained.strip() else []),
         *overrides,
         *([f"{SEED_KEY}={seed}"] if seed is not None else []),
     ]

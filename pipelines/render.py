@@ -64,9 +64,11 @@ def render_step(
     steps = builder._task(config).num_steps
     if not isinstance(step, int) or not 0 <= step < steps:
         raise DKDError(f"--step {step}: {name} has steps 0 to {steps - 1}")
-    seeds = builder.run_seeds(path, args)
+    seeds = builder.run_seeds(path, args, cluster=True)
     (seed,) = seeds[:1] if seed is None else seed_list([seed], "--seed {}")
-    settings = jobspec.step_settings(args["dataset_uri"], args["epochs"], args["overrides"], seed)
+    settings = jobspec.step_settings(
+        args["dataset_uri"], args["epochs"], args["overrides"], seed, args.get("pretrained", "")
+    )
     config = config_from_dict(config_to_dict(config), settings, "pipeline config")
     pipeline_name = builder.pipeline_name(config)
     model = artifact_uri(pipeline_name, _task_name(step), "model")

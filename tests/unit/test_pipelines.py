@@ -235,6 +235,7 @@ PARAMETERS = {
     "run_as_user": ("NUMBER_INTEGER", 1000),
     "kueue_queue": ("STRING", ""),
     "queue_timeout_hours": ("NUMBER_DOUBLE", 0.0),  # 0: timeout_hours
+    "pretrained": ("STRING", ""),  # the toy config's model.pretrained: none
 }
 
 
@@ -894,3 +895,58 @@ def test_the_kfp_object_store_overlay_uses_the_pipelines_endpoint():
     assert values == [DEFAULT_S3_ENDPOINT] == ["http://seaweedfs.kubeflow:9000"]
     install = (REPO / "k8s/kind/install.sh").read_text()
     assert "port-forward svc/seaweedfs 9000:9000" in install
+
+
+# -- ImageNet weights: the `pretrained` parameter ------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n != "toy"])
+def test_paper_pipelines_take_their_weights_by_uri(compiled, name):
+    text = compiled[name].read_text()
+    ir = load_ir(compiled[name])
+    assert parameters_of(ir)["pretrained"] == ("STRING", "torchvision:resnet101")
+    assert "weights/" not in text  # no local weights path compiled in
+    for task in by_component(ir, "comp-train-step"):
+        assert tasks_of(ir)[task]["inputs"]["parameters"]["pretrained"] == {
+            "componentInputParameter": "pipelinechannel--pretrained"
+        }
+
+
+def test_the_pretrained_parameter_is_what_the_steps_read():
+    from pipelines import jobspec
+
+    assert jobspec.step_settings("s3://d", 0, ["optim.lr=0.1"], 3, " s3://w/r-1.pth ") == [
+        "data.root=s3://d", "model.pretrained=s3://w/r-1.pth", "optim.lr=0.1", "train.seed=3",
+    ]  # fmt: skip
+    assert "model.pretrained" not in " ".join(jobspec.step_settings("s3://d", 0, [], 3, ""))
+
+
+def local_weights_config(tmp_path: Path) -> Path:
+    config = tmp_path / "mine.yaml"
+    text = config_path("toy").read_text().replace("pretrained: null", "pretrained: w/r-1.pth")
+    config.write_text(text)
+    return config
+
+
+def test_a_local_weights_path_is_never_compiled_for_a_cluster(tmp_path, capsys):
+    config = local_weights_config(tmp_path)
+    out = tmp_path / "p.yaml"
+    assert main(["compile", str(config), "--image", IMAGE, "--output", str(out)]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith(f"error: {config}: model.pretrained=w/r-1.pth: a file on this machine")
+    assert "--param pretrained=torchvision:resnet101" in err and "fetch weights" in err
+    assert not out.exists()
+    build_pipeline(config, launcher="local", cluster=False)  # local runs read local files
+
+
+def test_submit_and_render_job_refuse_a_local_pretrained_parameter(capsys):
+    for argv in (
+        ["render-job", "voc_15-1", "--step", "0", "--image", IMAGE],
+        ["submit", "voc_15-1", "--image", IMAGE, "--host", "http://127.0.0.1:9",
+         "--data", "s3://datasets/VOC2012"],
+    ):  # fmt: skip
+        assert main([*argv, "--param", "pretrained=/data/resnet101-63fe2227.pth"]) == 2
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith("error: pretrained=/data/resnet101-63fe2227.pth: a file on this")
+    assert builder.run_seeds(config_path("voc_15-1"), {"pretrained": "s3://w/r.pth"}, True) == [1]
+    assert builder.run_seeds(config_path("voc_15-1"), {"pretrained": "w/r.pth"}) == [1]  # local

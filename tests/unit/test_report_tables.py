@@ -53,15 +53,44 @@ def test_increments_split_the_new_classes_by_the_step_that_added_them():
 def test_published_numbers_are_looked_up_by_benchmark():
     voc = published_for("voc", "15-1", "overlap")
     assert [(p.source, p.method) for p in voc] == [
-        (README, "DKD"), (PAPER, "DKD"), (PAPER, "DKD-M"),
+        (README, "DKD"), (README, "DKD-M"), (PAPER, "DKD"), (PAPER, "DKD-M"),
     ]  # fmt: skip
     assert (voc[0].hiou, voc[0].all) == (57.46, 70.50)
-    assert (voc[2].old, voc[2].new, voc[2].all) == (78.8, 52.3, 72.5)
+    assert (voc[1].hiou, voc[1].all) == (64.09, 72.95)
+    assert (voc[3].old, voc[3].new, voc[3].all) == (78.8, 52.3, 72.5)
     ade = published_for("ade", "100-10", "overlap")
     assert (ade[0].hiou, ade[0].all) == (26.79, 34.53)
-    assert (ade[1].old, ade[1].new, ade[1].all) == (41.6, 19.5, 34.3)
-    assert published_for("voc", "15-1", "disjoint") == ()  # overlapped figures only
+    assert (ade[2].old, ade[2].new, ade[2].all) == (41.6, 19.5, 34.3)
+    disjoint = published_for("voc", "15-1", "disjoint")
+    assert [(p.method, p.hiou, p.all) for p in disjoint] == [
+        ("DKD", 54.21, 68.48), ("DKD-M", 60.32, 70.78),
+    ]  # fmt: skip
     assert published_for("toy", "4-1", "overlap") == ()
+
+
+# Every cell of the authors' README tables (cvlab-yonsei/DKD at fb4693f, README.md),
+# (dataset, task, setting) -> (DKD hIoU, DKD mIoU all, DKD-M hIoU, DKD-M mIoU all).
+README_CELLS = {
+    ("voc", "19-1", "overlap"): (56.95, 76.13, 68.14, 77.04),
+    ("voc", "15-5", "overlap"): (67.17, 73.95, 68.96, 74.84),
+    ("voc", "15-1", "overlap"): (57.46, 70.50, 64.09, 72.95),
+    ("voc", "10-1", "overlap"): (57.21, 60.43, 64.89, 66.20),
+    ("voc", "5-3", "overlap"): (61.32, 58.98, 65.02, 63.32),
+    ("voc", "19-1", "disjoint"): (57.98, 75.90, 67.12, 76.84),
+    ("voc", "15-5", "disjoint"): (64.35, 72.21, 65.04, 72.53),
+    ("voc", "15-1", "disjoint"): (54.21, 68.48, 60.32, 70.78),
+    ("ade", "100-50", "overlap"): (29.42, 35.55, 29.45, 35.58),
+    ("ade", "100-10", "overlap"): (26.79, 34.53, 27.44, 34.83),
+    ("ade", "50-50", "overlap"): (34.77, 34.39, 34.78, 34.39),
+}
+
+
+def test_every_readme_cell_is_published():
+    for key, (hiou, all_, m_hiou, m_all) in README_CELLS.items():
+        rows = [p for p in published_for(*key) if p.source == README]
+        assert [(p.method, p.hiou, p.all) for p in rows] == [
+            ("DKD", hiou, all_), ("DKD-M", m_hiou, m_all),
+        ], key  # fmt: skip
 
 
 def _png_size(path):

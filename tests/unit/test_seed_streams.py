@@ -55,8 +55,8 @@ def first_draws(toy: Path, output: Path, seed: int, monkeypatch) -> dict:
     seen: dict = {}
     build, loader = train.build_student_and_teacher, train.train_loader
 
-    def observe_model(config, step, teacher_uri):
-        model, teacher = build(config, step, teacher_uri)
+    def observe_model(*args, **kwargs):
+        model, teacher = build(*args, **kwargs)
         seen["init"] = torch.cat([p.detach().flatten() for p in model.parameters()])
         return model, teacher
 
