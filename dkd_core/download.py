@@ -28,6 +28,7 @@ from tqdm import tqdm
 from dkd_core.checkpoint_format import sha256_file
 from dkd_core.errors import DKDError
 from dkd_core.progress import bars_wanted
+from dkd_core.storage.store import file_chunks
 
 __all__ = ["download", "hub_hash_prefix", "sha256_file"]
 
@@ -53,12 +54,12 @@ def hub_hash_prefix(filename: str) -> str | None:
     return match.group(1) or None if match else None
 
 
-def _digests(path: Path, names: tuple[str, ...]) -> dict[str, str]:
-    hashes = {name: hashlib.new(name) for name in names}
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            for h in hashes.values():
-                h.update(chunk)
+def file_digests(path: Path, *names: str) -> dict[str, str]:
+    """Hex digests of `path` with the hashlib algorithms `names`, in one read."""
+    hashes = {name: hashlib.new(name, usedforsecurity=False) for name in names}
+    for chunk in file_chunks(path):
+        for h in hashes.values():
+            h.update(chunk)
     return {name: h.hexdigest() for name, h in hashes.items()}
 
 
@@ -72,7 +73,7 @@ def _mismatch(
             return "size", f"{size} bytes", f"{actual_size} bytes"
     wanted = {name: value.lower() for name, value in (("sha256", sha256), ("md5", md5)) if value}
     if wanted:
-        actual = _digests(path, tuple(wanted))
+        actual = file_digests(path, *wanted)
         for name, value in wanted.items():
             if actual[name] != value:
                 return name, value, actual[name]

@@ -21,12 +21,12 @@ s3:// / minio:// prefix (extracted into `$DKD_CACHE/prepared/`, then pushed with
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from dkd_core.download import file_digests
 from dkd_core.errors import DKDError
 from dkd_core.locations import cache_dir
 from dkd_core.prepare import PUSH_WORKERS
@@ -41,7 +41,7 @@ from dkd_core.prepare.archives import (
     prepare_voc,
 )
 from dkd_core.prepare.push import push_dataset, training_files
-from dkd_core.storage.store import atomic_output, file_chunks
+from dkd_core.storage.store import atomic_output
 from dkd_core.storage.stores import open_store
 from dkd_core.storage.uris import is_remote, local_path
 
@@ -113,15 +113,6 @@ def _write_checksums(path: Path, sums: dict[str, str]) -> None:
         f.write("".join(f"{s}  {name}\n" for name, s in sorted(sums.items())).encode())
 
 
-def _digests(path: Path, *names: str) -> dict[str, str]:
-    """Hex digests of `path` with the hashlib algorithms `names`, in one read."""
-    hashes = {n: hashlib.new(n, usedforsecurity=False) for n in names}
-    for chunk in file_chunks(path):
-        for h in hashes.values():
-            h.update(chunk)
-    return {n: h.hexdigest() for n, h in hashes.items()}
-
-
 def _complete(folder: Path, dataset: str) -> bool:
     """Whether `folder` holds a whole dataset of that format (every listed file present)."""
     if not folder.is_dir() or not any(folder.iterdir()):
@@ -179,7 +170,7 @@ def _obtain(
             md5=archive.md5 if expected is None else None,
         )  # fmt: skip
     algorithms = ["sha256"] + [a for a in ("md5", "sha1") if pinned and getattr(archive, a)]
-    actual = _digests(path, *algorithms)
+    actual = file_digests(path, *algorithms)
     if expected is not None:
         checks = [("sha256", expected, "--checksums")]
     elif pinned:
