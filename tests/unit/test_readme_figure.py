@@ -38,7 +38,7 @@ def test_a_summary_without_rows_is_one_line_and_keeps_the_old_figure(tmp_path):
     out = tmp_path / "f.png"
     out.write_bytes(b"old")
     (tmp_path / "summary.json").write_text(json.dumps({"steps": []}))
-    with pytest.raises(DKDError, match="summary.json: no 'aggregate' rows"):
+    with pytest.raises(DKDError, match=r"summary\.json: no 'aggregate' rows"):
         readme_figure.draw(tmp_path / "summary.json", out)
     with pytest.raises(DKDError, match="run `make demo` first"):
         readme_figure.draw(tmp_path / "missing.json", out)
