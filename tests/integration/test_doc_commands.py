@@ -1,4 +1,4 @@
-"""The shell commands of README.md and docs/*.md are checked against the code.
+"""The shell commands of README.md, pipelines/README.md and docs/*.md are checked against the code.
 
 Every command in a ```bash block is parsed (continuation lines joined, comments
 dropped). Three checks follow:
@@ -31,7 +31,7 @@ import pytest
 from dkd_core.data.toy import make_toy_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
+DOCS = (REPO / "README.md", REPO / "pipelines/README.md", *sorted((REPO / "docs").glob("*.md")))
 MODULES = ("dkd_core", "pipelines")
 PYTHONS = (".venv/bin/python", "python", "python3")
 #: Documented ahead of their code (see the module docstring).
