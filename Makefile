@@ -64,6 +64,11 @@ PARALLEL_OPTION = $(if $(PARALLEL_SEEDS),--parallel-seeds $(PARALLEL_SEEDS))
 demo: setup ## run the toy pipeline on this machine (Kubeflow's local runner) and print the per-step table [SEEDS=1,2] [VERBOSE=1]
 	$(PY) -m pipelines demo $(SEEDS_OPTION) $(if $(VERBOSE),--verbose)
 
+.PHONY: readme-figure
+readme-figure: setup ## draw the README's figure, docs/demo_miou_steps.png, from the demo's report (runs make demo first when there is none)
+	@test -f build/demo/report/summary.json || $(MAKE) demo
+	$(PY) tools/readme_figure.py build/demo/report/summary.json docs/demo_miou_steps.png
+
 run: setup ## run a benchmark's pipeline on this machine: make run PIPELINE=voc_15-1 [DATA=/data/VOC2012 (default: the config's data.root)] [GPUS=4 (torchrun, one process per GPU)] [SEEDS=1,2] [VERBOSE=1]
 	$(PY) -m pipelines run $(PIPELINE) $(if $(call given,DATA),--data $(DATA)) \
 		$(if $(GPUS),--gpus $(GPUS)) $(foreach p,$(PARAMS),--param '$(p)') \

@@ -46,7 +46,8 @@ def task_of(config: Config) -> Task:
 
 
 def dataset_layout(config: Config, info: distributed.DistInfo | None = None) -> DatasetLayout:
-    """The dataset as a local folder: an s3:// root is mirrored into the cache once per node."""
+    """The dataset as a local folder: an s3:// root is mirrored into the cache once per node
+    (a torchrun node: on a cluster each pod, whose /tmp cache starts empty)."""
     root = config.data.root
     if is_remote(root):
         first = info is None or info.local_rank == 0

@@ -4,7 +4,7 @@ Reports the GPU, driver, CUDA/cuDNN/NCCL and torch versions, the TF32 and
 cuDNN flags, and each package dkd_core imports: the version found beside the
 version pinned in pyproject.toml (the device's own torch is used as it is;
 the check never needs our pins). A missing package is named, with how to
-bring it (README, "GPU check"). Then the bf16 rate of one square matrix
+bring it (docs/benchmarks.md, "GPU check"). Then the bf16 rate of one square matrix
 product, the denominator of every MFU figure.
 """
 

@@ -867,7 +867,10 @@ def test_the_kind_tests_submit_arguments_are_valid(launcher, monkeypatch):
 _DOC_PARAMS = re.compile(r"--param[ =]([a-z_]+)=|PARAMS=\"([^\"]*)\"")
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md", "pipelines/README.md"])
+@pytest.mark.parametrize(
+    "doc",
+    ["README.md", "pipelines/README.md", *sorted(f"docs/{p.name}" for p in REPO.glob("docs/*.md"))],
+)
 def test_the_docs_name_only_parameters_that_exist(doc):
     pipeline = build_pipeline(config_path("toy"), image=IMAGE)
     known = set(pipeline.component_spec.inputs)

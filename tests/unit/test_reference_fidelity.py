@@ -1,6 +1,6 @@
 """Our numbers against the authors' implementation, same weights and inputs (tests/golden/README.md).
 
-The tolerances below are the ones the README quotes; the differences measured
+The tolerances below are the ones docs/reproducibility.md quotes; the differences measured
 when the golden file was made are four to ten times smaller.
 """
 
