@@ -149,3 +149,23 @@ def test_every_class_has_a_colour_of_its_own() -> None:
     colours = _class_colours(6)[1:]  # [6, 3]
     gaps = np.abs(colours[:, None, :] - colours[None, :, :]).max(axis=-1)  # [6, 6]
     assert (gaps + np.eye(6)).min() > 0.5
+
+
+def test_the_demo_draws_a_dataset_of_an_older_generator_again(tmp_path: Path, monkeypatch) -> None:
+    import pipelines.__main__ as cli
+    from dkd_core.data.toy import GENERATOR_FILE, toy_is_current
+
+    ran: list[str] = []
+    monkeypatch.setattr(cli, "DEMO_IMAGES", 12)
+    monkeypatch.setattr(cli, "cmd_run", lambda args, overrides=(): ran.append(args.data) or 0)
+    data = tmp_path / "toy"
+    make_toy_dataset(data, classes=6, images=12, size=64, seed=0)
+    (data / GENERATOR_FILE).write_text("1\n")
+    label = data / "SegmentationClassAug" / "toy_00000.png"
+    label.write_bytes(b"drawn by another generator")
+    assert cli.main(["demo", "--data", str(data)]) == 0
+    assert toy_is_current(data) and label.read_bytes() != b"drawn by another generator"
+    assert ran == [str(data)]
+    current = label.stat().st_mtime_ns
+    assert cli.main(["demo", "--data", str(data)]) == 0  # a current dataset is kept
+    assert label.stat().st_mtime_ns == current
