@@ -11,7 +11,7 @@ rate, pos_weight); they differ only in the loss terms:
 Prints a line when each training run starts and finishes (elapsed time, ETA), then,
 for every step, mIoU of old classes (with background, as the reference reports), of
 new classes, of all, hIoU, and the base-class mean without background — the
-forgetting figure. Mean and spread over the seeds.
+forgetting figure. Mean and sample std over the seeds; --json keeps each seed's values.
 
 It also writes the comparison report of the runs (`dkd_core.report`, as
 `python -m dkd_core report --run A --run B --label ...` does for run folders):
@@ -82,21 +82,26 @@ def main() -> None:
     parser.add_argument("--output", default="build/toy_forgetting")
     parser.add_argument("--json", help="also write the table to this file")
     parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+        help="the methods to train (default: all three)",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-report", action="store_true", help="skip the comparison report (<output>/report)"
     )
     parser.add_argument("overrides", nargs="*", help="config overrides for every run")
     args = parser.parse_args()
+    chosen = {m: METHODS[m] for m in args.methods}
 
     logging.basicConfig(level=logging.WARNING)
     data = Path(args.data)
     if not (data / "ImageSets").is_dir():
         make_toy_dataset(data, classes=6, images=500, size=64, seed=0)
-    results: dict[str, dict[int, list[dict]]] = {m: {} for m in METHODS}
-    checkpoints: dict[str, dict[int, list[str]]] = {m: {} for m in METHODS}
+    results: dict[str, dict[int, list[dict]]] = {m: {} for m in chosen}
+    checkpoints: dict[str, dict[int, list[str]]] = {m: {} for m in chosen}
     started = time.perf_counter()
     steps = task_of(load_config(CONFIG, args.overrides)).num_steps
     # Every seed trains step 0 once, then steps 1.. for each method: a line per run.
-    runs = RunSeries(len(args.seeds) * (1 + len(METHODS) * (steps - 1)))
+    runs = RunSeries(len(args.seeds) * (1 + len(chosen) * (steps - 1)))
     for seed in args.seeds:
         common = [f"data.root={data}", f"train.seed={seed}", "train.checkpoint_every=0"]
         common += ["train.progress=false"]
@@ -111,7 +116,7 @@ def main() -> None:
         step0 = runs.run(f"seed {seed} step 0 (shared)", train_step, base, 0)
         base_classes = task.classes_per_step[0]
         step0_figures = figures(read_meta(step0)["metrics"], base_classes)
-        for method, loss_overrides in METHODS.items():
+        for method, loss_overrides in chosen.items():
             config = load_config(CONFIG, [*common, *loss_overrides])
             out = f"run.output={args.output}/{method}-{result_digest(config)}"
             config = load_config(CONFIG, [*common, *loss_overrides, out])
@@ -127,12 +132,12 @@ def main() -> None:
             print(f"seed {seed} {method}: done ({time.perf_counter() - started:.0f} s)", flush=True)
 
     print(
-        f"\nToy {task.name} ({task.num_steps} steps), seeds {args.seeds}; mean ± spread (max-min)/2"
+        f"\nToy {task.name} ({task.num_steps} steps), seeds {args.seeds}; mean ± sample std (n - 1)"
     )
     header = f"{'method':<12} {'step':>4} {'old':>12} {'new':>12} {'all':>12} {'hIoU':>12} {'base w/o bg':>12}"
     print(header)
     table = []
-    for method in METHODS:
+    for method in chosen:
         for t in range(task.num_steps):
             row = {"method": method, "step": t}
             cells = []
@@ -143,9 +148,9 @@ def main() -> None:
                     cells.append(f"{'-':>12}")
                     continue
                 mean = statistics.fmean(values)
-                spread = (max(values) - min(values)) / 2
-                row[key] = {"mean": mean, "spread": spread, "values": values}
-                cells.append(f"{mean:>6.1f} ± {spread:>3.1f}")
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                row[key] = {"mean": mean, "std": std, "values": values}
+                cells.append(f"{mean:>6.1f} ± {std:>3.1f}")
             table.append(row)
             print(f"{method:<12} {t:>4} " + " ".join(cells))
     print(f"total {time.perf_counter() - started:.0f} s")

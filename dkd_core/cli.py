@@ -93,9 +93,13 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from dkd_core.config import load_config
     from dkd_core.locations import StepLocations
     from dkd_core.provenance import TrainingAttempt
+    from dkd_core.sharing import apply_threads
     from dkd_core.train import train_step
 
     _setup_logging()
+    # A fixed thread count per process, whatever runs beside it: the weights' bytes
+    # depend on it (dkd_core/sharing.py); provenance.json records it.
+    apply_threads()
     config = load_config(args.config, args.overrides)
     where = StepLocations.of_run(config.run.output, args.step)
     where = StepLocations(args.checkpoint_out or where.checkpoint, where.manifest)
@@ -137,8 +141,10 @@ def _write_samples(checkpoint: str, manifest: str | None, count: int | None) -> 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from dkd_core.evaluate_cli import evaluate_checkpoint
+    from dkd_core.sharing import apply_threads
 
     _setup_logging()
+    apply_threads()
     overrides = [*([f"data.root={args.data}"] if args.data else []), *args.overrides]
     report, out, channel_names = evaluate_checkpoint(
         args.checkpoint, overrides, args.whole_image, args.output, args.manifest

@@ -12,7 +12,8 @@ the checkpoint, so the report can say what produced a number:
                                       checkpoint writes included)
     git_revision                      the code (see `git_revision`)
     hardware                          host, platform, Python, torch, CUDA, devices,
-                                      processes (WORLD_SIZE)
+                                      processes (WORLD_SIZE), and `numerics`: what
+                                      decides CPU float results (see `cpu_numerics`)
 
 Only the process of rank 0 writes it. The checkpoint's meta.json holds the
 resolved config, the task and the metrics; this file adds what meta.json does
@@ -24,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import socket
 import subprocess
 import time
@@ -66,6 +68,102 @@ def git_revision() -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
+#: Environment variables that change which CPU kernels run, hence the CPU's float results.
+NUMERICS_ENV = (
+    "ONEDNN_MAX_CPU_ISA",  # oneDNN (convolutions): the newest instruction set it may use
+    "DNNL_MAX_CPU_ISA",  # the same, by its older name
+    "ATEN_CPU_CAPABILITY",  # torch's own vectorised kernels (BN, losses, reductions)
+    "MKL_CBWR",  # MKL's conditional numerical reproducibility: its code path (BLAS)
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    """The vector instruction sets the CPU offers, of those torch's kernels choose between."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    offered = set(value.split())
+                    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                    return [flag for flag in wanted if flag in offered]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_numerics() -> dict:
+    """What decides a CPU step's float results, beyond the config and the code:
+
+    cpu_model, cpu_flags             the machine (its vector instruction sets)
+    cpu_capability                   the ISA of torch's own kernels (ATen dispatch)
+    blas, onednn                     the libraries torch was built with (MKL, oneDNN)
+    threads                          torch's intra-op threads: a reduction's order
+    env                              the settings that cap those ISAs (NUMERICS_ENV)
+
+    Two machines with equal values here compute the same bytes for the same run; other
+    CPU models or capabilities may round differently (docs/reproducibility.md).
+    """
+    import torch
+
+    config = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version ([0-9.]+)", config)
+    onednn = re.search(r"(?:MKL-DNN|oneDNN) (v[0-9.]+)", config)
+    blas = re.search(r"BLAS_INFO=(\w+)", config)
+    libraries = {
+        "blas": f"MKL {mkl.group(1)}" if mkl else (blas.group(1) if blas else None),
+        "onednn": f"oneDNN {onednn.group(1)}" if onednn else None,
+    }
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **libraries,
+        "threads": torch.get_num_threads(),
+        "env": {name: os.environ[name] for name in NUMERICS_ENV if os.environ.get(name)},
+    }
+
+
+def numerics_summary(numerics: dict | None) -> str:
+    """One line: 'AMD EPYC, AVX512 (torch kernels), 2 threads, MKL 2024.2, oneDNN v3.12.0'."""
+    if not numerics:
+        return "–"
+    parts = [
+        str(numerics.get("cpu_model") or "CPU ?"),
+        f"{numerics.get('cpu_capability')} (torch kernels)",
+        f"{numerics.get('threads')} threads",
+    ]
+    parts += [str(numerics[k]) for k in ("blas", "onednn") if numerics.get(k)]
+    parts += [f"{k}={v}" for k, v in sorted((numerics.get("env") or {}).items())]
+    return ", ".join(parts)
+
+
+def numerics_key(hardware: dict | None) -> tuple | None:
+    """What must be equal for two training attempts to round alike: the devices and, on
+    CPU, `cpu_numerics`. None when the record predates it (unknown)."""
+    if not hardware or "numerics" not in hardware:
+        return None
+    numerics = dict(hardware["numerics"] or {})
+    env = tuple(sorted((numerics.pop("env", None) or {}).items()))
+    flags = tuple(numerics.pop("cpu_flags", None) or ())
+    devices = (hardware.get("device"), tuple(sorted(hardware.get("gpus") or [])))
+    return (*devices, tuple(sorted(numerics.items())), flags, env)
+
+
 def hardware() -> dict:
     """This machine as training saw it: host, software versions, devices, processes."""
     import torch
@@ -84,6 +182,7 @@ def hardware() -> dict:
         "device": "cuda" if gpus else "cpu",
         "gpus": gpus,  # this node's
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "numerics": cpu_numerics(),
     }
 
 

@@ -287,15 +287,18 @@ def cmd_run(args: argparse.Namespace, overrides: Sequence[str] = ()) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dkd_core.data import make_toy_dataset
+    from dkd_core.data.toy import toy_is_current
     from pipelines.params import seed_list
 
     if args.seeds is not None:
         seed_list(args.seeds)  # a bad --seeds fails before the dataset is generated
     data = Path(args.data)
-    if not (data / "class_names.txt").is_file():  # written last by make_toy_dataset
-        print(f"generating the toy dataset in {data} ({DEMO_IMAGES} images) ...", flush=True)
+    if not toy_is_current(data):
+        older = (data / "class_names.txt").is_file()  # written last by make_toy_dataset
+        what = "again (it was drawn by an older generator)" if older else ""
+        print(f"generating the toy dataset in {data} ({DEMO_IMAGES} images) {what}...", flush=True)
         started = time.perf_counter()
-        make_toy_dataset(data, classes=6, images=DEMO_IMAGES, size=64, seed=0)
+        make_toy_dataset(data, classes=6, images=DEMO_IMAGES, size=64, seed=0, overwrite=older)
         print(f"toy dataset ready in {time.perf_counter() - started:.1f} s", flush=True)
     args.name = "toy"
     return cmd_run(args, DEMO_OVERRIDES)

@@ -5,10 +5,12 @@ Artifact URIs are then local paths under `<output>/kfp/`, so nothing needs S3.
 (copied to `<output>/report/`) and the wall time of each task.
 
 Several seeds: kfp.local 2.17 runs a `dsl.ParallelFor` with up to two iterations
-at once, in threads (`kfp/local/orchestrator/enhanced_dag_orchestrator.py`,
+(and at most its parallelism) at once, in threads (`kfp/local/orchestrator/enhanced_dag_orchestrator.py`,
 `ParallelExecutor`), each in its own folder `for-loop-N-iteration-<i>/`. Their
 tasks have the same names, so the lines of a task with a seed are prefixed with
-`[seed N]` and the wall times are listed per seed.
+`[seed N]` and the wall times are listed per seed. The chains share the machine
+as `dkd_core.sharing` says: fixed threads per training process, only as many
+chains at once as the cores hold, disjoint GPUs (`machine_share`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ from typing import Any
 
 from dkd_core.config import load_config
 from dkd_core.errors import DKDError
+from dkd_core.sharing import (
+    Allotment,
+    Slots,
+    allot,
+    threads_per_process,
+    usable_cores,
+    visible_gpus,
+)
 from dkd_core.storage import is_remote
 from pipelines.builder import build_pipeline, run_seeds
 from pipelines.params import add_overrides, apply_seeds, parse_params
@@ -223,6 +233,39 @@ def quiet_tasks(verbose: bool, label_seeds: bool = False) -> Iterator[None]:
         logging.getLogger().removeFilter(hide)
 
 
+def machine_share(config_path: str | Path, arguments: Mapping[str, Any], chains: int) -> Allotment:
+    """How the `chains` of a local run share this machine (`dkd_core.sharing.allot`): the
+    threads of each training process are `$DKD_CPU_THREADS` or every usable core, never
+    a function of the chains, so a seed's weights are the same bytes alone or beside
+    others; only as many chains as the cores hold run at once."""
+    processes = max(1, int(arguments.get("gpus_per_pod", 0) or 0))
+    cores = usable_cores()
+    threads = threads_per_process(processes=processes, cores=cores)
+    gpus = visible_gpus()
+    return allot(chains, cores, processes, threads, gpus, processes if gpus else 0)
+
+
+@contextlib.contextmanager
+def shared_machine(share: Allotment) -> Iterator[None]:
+    """Each task's process gets its chain's share (threads, GPUs: `Allotment.env`) of one
+    of `share.concurrent` places, taken while it runs, so two chains running at once
+    never get the same GPUs. Wraps kfp.local's subprocess runner (as `quiet_tasks`)."""
+    from kfp.local import subprocess_task_handler
+
+    inner = subprocess_task_handler.run_local_subprocess
+    slots = Slots(share.concurrent)
+
+    def run(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        with slots.take() as slot:
+            return inner(full_command, {**(env_vars or {}), **share.env(slot)})
+
+    subprocess_task_handler.run_local_subprocess = run
+    try:
+        yield
+    finally:
+        subprocess_task_handler.run_local_subprocess = inner
+
+
 @dataclass
 class LocalRun:
     """What a local run produced."""
@@ -286,15 +329,25 @@ def run_local(
     arguments.setdefault("s3_endpoint", "")
     add_overrides(arguments, overrides)
     chains = run_seeds(config_path, arguments)  # a typo or bad seed fails here, not in a task
+    share = machine_share(config_path, arguments, len(chains))
+    # kfp.local runs a ParallelFor's iterations at once up to its parallelism (at most 2).
+    pipeline = build_pipeline(
+        config_path, launcher="local", gpus_per_pod=0, cluster=False,
+        parallel_seeds=share.concurrent,
+    )  # fmt: skip
     given = {o.partition("=")[0].strip() for o in arguments.get("overrides", [])}
-    if len(chains) > 1 and "train.metrics_port" not in given:
+    if share.concurrent > 1 and "train.metrics_port" not in given:
         # Two chains train at once on this machine: their exporters cannot both take the
         # default port, so each takes a free one.
         add_overrides(arguments, ["train.metrics_port=0"])
+    workers = load_config(config_path, list(arguments.get("overrides", []))).data.num_workers
+    if workers > share.workers and "data.num_workers" not in given:
+        add_overrides(arguments, [f"data.num_workers={share.workers}"])  # result-neutral
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output / "kfp"))
     started = time.perf_counter()
     quiet = quiet_tasks(verbose, label_seeds=len(chains) > 1)
-    with TaskClock() as clock, quiet, parallel_tasks_logging(), warnings.catch_warnings():
+    with TaskClock() as clock, quiet, shared_machine(share), parallel_tasks_logging(), \
+            warnings.catch_warnings():  # fmt: skip
         # The components name the dkd image; here they run in this environment, on purpose.
         warnings.filterwarnings("ignore", message="You may be attemping", category=RuntimeWarning)
         try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dkd_core.errors import DKDError
 from dkd_core.launch.job import StepJob
+from dkd_core.sharing import THREADS_ENV, threads_per_process
 
 TAIL_LINES = 50
 
@@ -41,13 +42,19 @@ def run_local(
     """Run `job` as a subprocess, stream its output to `log` line by line, fail loudly.
 
     `env` is added to (not substituted for) this process's environment, with
-    `PYTHONUNBUFFERED=1` so lines arrive as they are printed. stdout and stderr
+    `PYTHONUNBUFFERED=1` so lines arrive as they are printed, and each process's CPU
+    threads (`dkd_core.sharing.threads_per_process`) unless given. stdout and stderr
     are merged. `argv` replaces the command (for tests and debugging). Raises
     `DKDError` with the exit code and the last 50 lines when the process fails,
     or when it is still running after `timeout_seconds` (it is then terminated).
     """
     command = list(argv) if argv is not None else local_command(job)
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    # Each of the job's processes gets cores // processes threads (unless set), where
+    # torchrun would give several processes 1 thread each (OMP_NUM_THREADS unset).
+    threads = threads_per_process(full_env, processes=job.nproc_per_node)
+    full_env.setdefault(THREADS_ENV, str(threads))
+    full_env.setdefault("OMP_NUM_THREADS", str(threads))
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         proc = subprocess.Popen(

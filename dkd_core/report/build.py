@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from dkd_core.errors import DKDError
-from dkd_core.provenance import git_revision, utc_now
+from dkd_core.provenance import git_revision, numerics_key, numerics_summary, utc_now
 from dkd_core.report import figures, tables
 from dkd_core.report.document import Code, Figure, Section, Table, Text, to_html, to_markdown
 from dkd_core.report.inputs import RunFacts, gather
@@ -366,6 +366,7 @@ class _Report:
                     p.get("git_revision") or "–", tables.hardware_summary(p.get("hardware")),
                 ])  # fmt: skip
         self.summary["provenance"] = summary
+        self._note_mixed_numerics([row["hardware"] for row in summary])
         s.add(Table(["run", "step", "checkpoint", "model.safetensors sha256"], checkpoints,
                     caption="Checkpoints (sha256 as recorded in meta.json)",
                     left=(0, 2, 3)))  # fmt: skip
@@ -389,6 +390,25 @@ class _Report:
                 if text:
                     s.add(Text(f"{group[0].label}, config of later steps against step 0: {text}"))
         return s
+
+    def _note_mixed_numerics(self, records: list[dict | None]) -> None:
+        """A note when the steps were trained on different hardware or CPU numerics: then
+        two runs may differ by float rounding alone (docs/reproducibility.md)."""
+        kinds: dict[tuple, str] = {}
+        for hardware in records:
+            key = numerics_key(hardware)
+            if key is not None:
+                gpus = ", ".join(sorted(set(hardware.get("gpus") or [])))
+                kinds.setdefault(key, (f"{gpus}; " if gpus else "")
+                                 + numerics_summary(hardware.get("numerics")))  # fmt: skip
+        self.summary["numerics_differ"] = len(kinds) > 1
+        if len(kinds) > 1:
+            self.notes.append(
+                f"the steps compared here were trained on {len(kinds)} different kinds of "
+                "hardware or CPU numerics (CPU model, kernel ISA, threads, libraries): their "
+                "numbers may differ by float rounding alone, not only by method or seed. "
+                + " | ".join(kinds.values())
+            )
 
     def notes_section(self) -> Section | None:
         if not self.notes:

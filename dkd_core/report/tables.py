@@ -176,6 +176,10 @@ def hardware_summary(hardware: dict | None) -> str:
     if hardware.get("cuda") and gpus:
         parts.append(f"CUDA {hardware['cuda']}")
     parts.append(f"host {hardware.get('host')}")
+    if hardware.get("numerics"):
+        from dkd_core.provenance import numerics_summary
+
+        parts.append(f"CPU numerics: {numerics_summary(hardware['numerics'])}")
     return ", ".join(parts)
 
 

@@ -156,6 +156,10 @@ def test_training_attempt_records_wall_time_throughput_and_hardware(tmp_path, mo
     assert record["wall_seconds"] == 10.0 and record["images_per_second"] == 16.0
     assert record["git_revision"] == "feedbeef"
     assert {"host", "torch", "device", "gpus", "world_size", "cpu_count"} <= set(record["hardware"])
+    numerics = record["hardware"]["numerics"]
+    assert numerics["threads"] == torch.get_num_threads()
+    assert numerics["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert numerics["cpu_model"] == provenance.cpu_model() and numerics["cpu_model"]
     assert record["started"] <= record["finished"]
     # A second command that finds the step complete (same meta.json) records nothing.
     Path(uri).unlink()
@@ -163,6 +167,51 @@ def test_training_attempt_records_wall_time_throughput_and_hardware(tmp_path, mo
     again = provenance.TrainingAttempt.begin(str(checkpoint), str(periodic))
     assert again.finish(batch_size=8, train_log=str(log)) is None
     assert not Path(uri).exists()
+
+
+def test_cpu_numerics_name_the_kernels_threads_and_their_caps(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        numerics = provenance.cpu_numerics()
+    finally:
+        torch.set_num_threads(before)
+    assert numerics["threads"] == 1 and numerics["env"] == {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+    if "BLAS_INFO=mkl" in torch.__config__.show():
+        assert re.fullmatch(r"MKL [0-9.]+", numerics["blas"])
+    line = provenance.numerics_summary(numerics)
+    assert "1 threads" in line and "ONEDNN_MAX_CPU_ISA=AVX2" in line
+    assert f"{numerics['cpu_capability']} (torch kernels)" in line
+
+
+def test_a_comparison_across_cpu_numerics_says_so(tmp_path):
+    def cpu_run(folder: str, seed: int, capability: str) -> Path:
+        run = write_run(tmp_path / folder, [2, 1], seed=seed, task=("toy", "2-1", "overlap"))
+        for t in range(2):
+            path = run / f"step_{t}" / "provenance.json"
+            record = json.loads(path.read_text())
+            record["hardware"] = {
+                "host": "h", "device": "cpu", "gpus": [], "world_size": 1, "torch": "2.13.0",
+                "numerics": {"cpu_model": "AMD EPYC", "cpu_capability": capability,
+                             "threads": 2, "blas": "MKL 2024.2", "env": {}},
+            }  # fmt: skip
+            path.write_text(json.dumps(record))
+        return run
+
+    same = [cpu_run("a", 1, "AVX512"), cpu_run("b", 2, "AVX512")]
+    files = build_report([run_from_folder(str(r), "DKD") for r in same], tmp_path / "same")
+    summary = json.loads(files.summary.read_text())
+    assert summary["numerics_differ"] is False
+    assert not any("float rounding" in n for n in summary["notes"])
+    assert "AVX512 (torch kernels), 2 threads" in files.markdown.read_text()
+    mixed = [same[0], cpu_run("c", 3, "AVX2")]
+    files = build_report([run_from_folder(str(r), "DKD") for r in mixed], tmp_path / "mixed")
+    summary = json.loads(files.summary.read_text())
+    assert summary["numerics_differ"] is True
+    (note,) = [n for n in summary["notes"] if "float rounding" in n]
+    assert "2 different kinds" in note and "AVX2 (torch kernels)" in note
 
 
 def test_the_evaluate_component_predicts_the_default_number_of_samples():

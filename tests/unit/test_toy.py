@@ -129,3 +129,43 @@ def test_an_existing_dataset_is_not_overwritten_without_force(tmp_path):
     assert (out / "ImageSets" / "Segmentation" / "val.txt").read_text() == before
     make_toy_dataset(out, classes=3, images=12, size=16, seed=1, overwrite=True)
     assert len((out / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split()) > 0
+
+
+def test_a_dataset_of_an_older_generator_is_recognised(tmp_path: Path) -> None:
+    from dkd_core.data.toy import GENERATOR_FILE, toy_is_current
+
+    assert not toy_is_current(tmp_path / "none")
+    make_toy_dataset(tmp_path / "d", classes=3, images=6, size=16)
+    assert toy_is_current(tmp_path / "d")
+    (tmp_path / "d" / GENERATOR_FILE).write_text("1\n")  # another generator's images
+    assert not toy_is_current(tmp_path / "d")
+    (tmp_path / "d" / GENERATOR_FILE).unlink()  # made before the stamp existed
+    assert not toy_is_current(tmp_path / "d")
+
+
+def test_every_class_has_a_colour_of_its_own() -> None:
+    from dkd_core.data.toy import _class_colours
+
+    colours = _class_colours(6)[1:]  # [6, 3]
+    gaps = np.abs(colours[:, None, :] - colours[None, :, :]).max(axis=-1)  # [6, 6]
+    assert (gaps + np.eye(6)).min() > 0.5
+
+
+def test_the_demo_draws_a_dataset_of_an_older_generator_again(tmp_path: Path, monkeypatch) -> None:
+    import pipelines.__main__ as cli
+    from dkd_core.data.toy import GENERATOR_FILE, toy_is_current
+
+    ran: list[str] = []
+    monkeypatch.setattr(cli, "DEMO_IMAGES", 12)
+    monkeypatch.setattr(cli, "cmd_run", lambda args, overrides=(): ran.append(args.data) or 0)
+    data = tmp_path / "toy"
+    make_toy_dataset(data, classes=6, images=12, size=64, seed=0)
+    (data / GENERATOR_FILE).write_text("1\n")
+    label = data / "SegmentationClassAug" / "toy_00000.png"
+    label.write_bytes(b"drawn by another generator")
+    assert cli.main(["demo", "--data", str(data)]) == 0
+    assert toy_is_current(data) and label.read_bytes() != b"drawn by another generator"
+    assert ran == [str(data)]
+    current = label.stat().st_mtime_ns
+    assert cli.main(["demo", "--data", str(data)]) == 0  # a current dataset is kept
+    assert label.stat().st_mtime_ns == current
