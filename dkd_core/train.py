@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from dkd_core import distributed
+from dkd_core import distributed, hold_for_tests
 from dkd_core.batching import grouped, plan_batches
 from dkd_core.checkpoint import (
     META_FILE,
@@ -437,6 +437,7 @@ def _train_step(
                     metrics,
                 )  # fmt: skip
                 train_log.publish()
+            hold_for_tests.hold(iteration)  # returns at once unless a test watches this step live
             tick = time.perf_counter()  # after the save: the next data wait is the loader's alone
             if iteration >= stop:
                 break

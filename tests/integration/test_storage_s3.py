@@ -35,6 +35,7 @@ from dkd_core.storage import (
     sync_dataset,
     upload_checkpoint,
 )
+from dkd_core.storage import s3 as s3_module
 from tests.s3_server import S3Endpoint, s3
 
 pytestmark = pytest.mark.integration
@@ -202,7 +203,10 @@ def test_a_write_is_retried_across_a_server_outage(s3: S3Endpoint, monkeypatch, 
     caplog.set_level(logging.WARNING, logger="dkd_core.storage")
     writer = threading.Thread(target=write)
     writer.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 15  # a failure guard: the first retry comes within a second
+    while not [r for r in caplog.records if "retrying" in r.getMessage()]:
+        assert writer.is_alive() and time.monotonic() < deadline, outcome or "no retry logged"
+        time.sleep(0.05)
     assert writer.is_alive(), "the write must wait for the server"
     s3.start()
     writer.join(timeout=20)
@@ -223,19 +227,25 @@ def test_an_outage_longer_than_the_budget_fails_naming_endpoint_bucket_and_key(
     store = s3_store(s3.uri())
     store.write_bytes(s3.uri("warm"), b"x")
     s3.stop()
-    start = time.monotonic()
+    slept = []  # the backoff waits, on a clock they advance: the budget, not the machine's speed
+    monkeypatch.setattr(s3_module, "_sleep", slept.append)
+    monkeypatch.setattr(s3_module, "_monotonic", lambda: time.monotonic() + sum(slept))
     with pytest.raises(DKDError) as info:
         store.read_bytes(s3.uri("some/key"))
-    assert time.monotonic() - start < 5
+    assert slept and sum(slept) <= 1, slept  # it waited, within S3_RETRY_SECONDS
     message = str(info.value)
     assert s3.endpoint in message and s3.uri("some/key") in message
     assert "Connection refused" in message and "S3_RETRY_SECONDS=1" in message
 
 
+def never_retried(seconds: float) -> None:
+    raise AssertionError(f"a {seconds} s backoff: retried what must fail at once")
+
+
 def test_a_missing_bucket_fails_at_once(s3: S3Endpoint, monkeypatch, tmp_path):
     missing = s3.bucket + "-missing"
     uri = f"s3://{missing}/runs/x"
-    start = time.monotonic()
+    monkeypatch.setattr(s3_module, "_sleep", never_retried)
     for action in (
         lambda store: store.read_bytes(uri),
         lambda store: store.write_bytes(uri, b"x"),
@@ -251,14 +261,13 @@ def test_a_missing_bucket_fails_at_once(s3: S3Endpoint, monkeypatch, tmp_path):
     monkeypatch.setenv("S3_REGION", "us-east-1")
     with pytest.raises(DKDError, match=f"bucket '{missing}' does not exist"):
         open_store(uri).exists(uri)
-    assert time.monotonic() - start < 5
 
 
 def test_wrong_credentials_fail_at_once(s3: S3Endpoint, monkeypatch):
     wrong_secret = "definitely-not-the-secret-0123456789"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "WRONGKEY")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong_secret)
-    start = time.monotonic()
+    monkeypatch.setattr(s3_module, "_sleep", never_retried)
     with s3.checking_credentials():
         for action in (
             lambda store: store.write_bytes(s3.uri("k"), b"x"),
@@ -270,7 +279,6 @@ def test_wrong_credentials_fail_at_once(s3: S3Endpoint, monkeypatch):
             message = str(info.value)
             assert "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in message
             assert wrong_secret not in message and s3.secret_key not in message
-    assert time.monotonic() - start < 5
 
 
 def test_sync_dataset_mirrors_a_prefix_and_downloads_only_changes(

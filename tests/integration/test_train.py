@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from dkd_core.checkpoint import load_model_checkpoint, read_meta
 from dkd_core.errors import DKDError
+from dkd_core.hold_for_tests import HOLD_FILE_ENV
 from dkd_core.train import train_step
 from tests.integration.conftest import CONFIGS, interrupt_before_final_checkpoint, toy_config
 
@@ -107,13 +108,17 @@ def test_resume_after_kill_gives_the_same_weights(toy_root, tmp_path):
 
     run_dir = tmp_path / "b"
     args = [*base, *cli_overrides(toy_root, run_dir), *common]
+    hold_file = tmp_path / "hold"  # held after its first periodic checkpoint, however fast
+    hold_file.write_text("4")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dkd_core", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", HOLD_FILE_ENV: str(hold_file)},
     )  # fmt: skip
     periodic = run_dir / "step_0" / "periodic"
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # a failure guard only: the step waits at iteration 4
     while not list(periodic.glob("iter_*/meta.json")) and time.time() < deadline:
+        assert proc.poll() is None, "exited before its first periodic checkpoint"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -13,6 +13,7 @@ import torch
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dkd_core.hold_for_tests import HOLD_FILE_ENV
 from tests.integration.conftest import CONFIGS, interrupt_before_final_checkpoint
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,8 @@ def value(samples, name: str, **labels) -> float | None:
 
 def test_metrics_are_served_during_training(toy_root, tmp_path):
     port = free_port()
+    hold_file = tmp_path / "hold"  # the step waits after iteration 5 while it is scraped
+    hold_file.write_text("5")
     args = [
         f"data.root={toy_root}", f"run.output={tmp_path}", "run.name=scrape-test",
         "data.num_workers=0", "data.batch_size=8", "model.aspp_channels=32",
@@ -53,19 +56,20 @@ def test_metrics_are_served_during_training(toy_root, tmp_path):
         [sys.executable, "-m", "dkd_core", "train", "--config", str(CONFIGS / "toy.yaml"),
          "--step", "0", *args],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "DKD_RUN_ID": "kfp-run-1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "DKD_RUN_ID": "kfp-run-1",
+             HOLD_FILE_ENV: str(hold_file)},
     )  # fmt: skip
     try:
-        samples, deadline = {}, time.time() + 120
-        while time.time() < deadline:
+        samples, deadline = {}, time.time() + 600  # a failure guard only: the step waits at 5
+        while time.time() < deadline and proc.poll() is None:
             try:
                 samples = scrape(port)
-                if (value(samples, "dkd_iteration") or 0) >= 5:
+                if value(samples, "dkd_iteration") == 5:
                     break
             except OSError:
                 pass
             time.sleep(0.2)
-        assert (value(samples, "dkd_iteration") or 0) >= 5, "no training progress scraped"
+        assert value(samples, "dkd_iteration") == 5, "the held iteration was never scraped"
     finally:
         proc.kill()
         proc.wait()

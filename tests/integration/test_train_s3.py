@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dkd_core.hold_for_tests import HOLD_FILE_ENV
 from dkd_core.storage import (
     checkpoint_complete,
     fetch_checkpoint,
@@ -37,8 +38,10 @@ def upload_tree(local: Path, uri: str) -> None:
 class Training:
     """`python -m dkd_core train` in a subprocess; its log goes to a file (no pipe to fill)."""
 
-    def __init__(self, args: list[str], cache: Path, workdir: Path):
+    def __init__(self, args: list[str], cache: Path, workdir: Path, hold_file: Path | None = None):
         env = {**os.environ, "DKD_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+        if hold_file is not None:  # waits at the iteration the file names (for a kill)
+            env[HOLD_FILE_ENV] = str(hold_file)
         env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
         config = str(CONFIGS / "toy.yaml")
         self.log = cache.parent / f"{cache.name}-{len(list(cache.parent.glob('*.log')))}.log"
@@ -77,9 +80,11 @@ def test_toy_steps_in_s3_resume_after_kill(toy_root: Path, tmp_path: Path, s3: S
     reference = Training([*step0, *overrides("run-a")], tmp_path / "cache-a", workdir)
     assert reference.wait() == 0, reference.output()
 
-    interrupted = Training([*step0, *overrides("run-b")], tmp_path / "cache-b", workdir)
+    hold_file = tmp_path / "hold"  # held after its first periodic checkpoint, however fast
+    hold_file.write_text("4")
+    interrupted = Training([*step0, *overrides("run-b")], tmp_path / "cache-b", workdir, hold_file)
     periodic = s3.uri("run-b/step_0/periodic")
-    deadline = time.time() + 300
+    deadline = time.time() + 600  # a failure guard only: the step waits at iteration 4
     while time.time() < deadline and interrupted.proc.poll() is None:
         latest = latest_checkpoint(periodic)
         if latest is not None and checkpoint_complete(latest):
