@@ -171,8 +171,9 @@ def check_pod_weights(reference: str | None, where: str) -> None:
         return
     raise DKDError(
         f"{where}={reference}: a file on this machine, which the training pods cannot read; "
-        "pass --param pretrained=torchvision:resnet101 (downloaded by the pods), an https:// "
-        "URL, or an s3:// URI (copy the file there with `python -m dkd_core fetch weights "
+        "use torchvision:resnet101 (downloaded by the pods), an https:// URL or an s3:// URI "
+        "instead, as the run parameter pretrained (--param pretrained=...) or the config's "
+        "model.pretrained (copy the file there with `python -m dkd_core fetch weights "
         f"{reference} --dest s3://mlpipeline/shared/weights/`)"
     )
 

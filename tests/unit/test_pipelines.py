@@ -937,7 +937,11 @@ def test_a_local_weights_path_is_never_compiled_for_a_cluster(tmp_path, capsys):
     assert main(["compile", str(config), "--image", IMAGE, "--output", str(out)]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert err.startswith(f"error: {config}: model.pretrained=w/r-1.pth: a file on this machine")
-    assert "--param pretrained=torchvision:resnet101" in err and "fetch weights" in err
+    assert (
+        "use torchvision:resnet101" in err
+        and "--param pretrained=" in err
+        and "fetch weights" in err
+    )
     assert not out.exists()
     build_pipeline(config, launcher="local", cluster=False)  # local runs read local files
 
