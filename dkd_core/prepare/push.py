@@ -19,18 +19,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
 from dkd_core.data.layout import SPLITS, open_layout
+from dkd_core.download import file_digests
 from dkd_core.errors import DKDError
 from dkd_core.prepare import PUSH_WORKERS
 from dkd_core.storage.s3 import PART_SIZE
-from dkd_core.storage.store import ObjectInfo, file_chunks
+from dkd_core.storage.store import ObjectInfo
 from dkd_core.storage.stores import open_store
+from dkd_core.storage.transfers import parallel_transfers
 from dkd_core.storage.uris import S3_SCHEME, folder_key, is_remote, split_s3_uri
 
 log = logging.getLogger("dkd_core.prepare")
@@ -71,10 +71,7 @@ def s3_etag(path: Path, part_size: int = PART_SIZE) -> str:
     """The ETag an S3 server gives `path` uploaded with `part_size` parts (see the module doc)."""
     size = path.stat().st_size
     if size <= part_size:
-        digest = hashlib.md5(usedforsecurity=False)
-        for chunk in file_chunks(path):
-            digest.update(chunk)
-        return digest.hexdigest()
+        return file_digests(path, "md5")["md5"]
     parts = []
     with open(path, "rb") as f:
         while block := f.read(part_size):
@@ -126,18 +123,7 @@ def push_dataset(
         if not _same(path, remote.get(uri)):
             todo.append((path, uri))
     log.info("push %s -> %s: %d files, %d to upload", root, base, len(relative), len(todo))
-    sent = 0
-    with (
-        tqdm(total=len(todo), unit="file", desc=f"push {base}", disable=not progress) as bar,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dkd-push") as pool,
-    ):
-        futures = {pool.submit(upload, path, uri): path for path, uri in todo}
-        try:
-            for future in as_completed(futures):
-                future.result()
-                sent += futures[future].stat().st_size
-                bar.update(1)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    transfers = [(path, partial(upload, path, uri)) for path, uri in todo]
+    done = parallel_transfers(transfers, workers=workers, desc=f"push {base}", progress=progress)
+    sent = sum(path.stat().st_size for path in done)
     return PushResult(len(relative), len(todo), len(relative) - len(todo), sent)

@@ -22,6 +22,7 @@ dataset prefix into a local cache. The modules, each one concern:
     stores       open_store: the store of a URI
     checkpoints  upload / fetch / complete / latest checkpoint folders
     datasets     sync_dataset
+    transfers    parallel_transfers: many uploads or downloads at once, one bar
 """
 
 from dkd_core.checkpoint_format import sha256_file

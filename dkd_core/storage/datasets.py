@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from functools import partial
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from dkd_core.errors import DKDError
 from dkd_core.storage.s3 import S3Store
 from dkd_core.storage.store import ObjectInfo, atomic_output
 from dkd_core.storage.stores import open_store
+from dkd_core.storage.transfers import parallel_transfers
 from dkd_core.storage.uris import S3_SCHEME, folder_key, is_remote, local_path, split_s3_uri
 
 log = logging.getLogger("dkd_core.storage")
@@ -91,34 +90,19 @@ def _download_all(
 
     The first failure cancels the downloads that have not started and is raised.
     """
-    if not objects:
-        return
     index_path = root / SYNC_INDEX
-    with (
-        tqdm(total=len(objects), unit="file", desc=f"sync {base_uri}", disable=not progress) as bar,
-        ThreadPoolExecutor(max_workers=SYNC_WORKERS, thread_name_prefix="dkd-sync") as pool,
-    ):
-        futures = {
-            pool.submit(
-                store._download,
-                info.uri,
-                root / info.uri[len(base_uri) :],
-                progress=False,
-                fsync=False,
-            ): info
-            for info in objects
-        }
-        try:
-            for done, future in enumerate(as_completed(futures), start=1):
-                future.result()
-                info = futures[future]
-                index[info.uri[len(base_uri) :]] = [info.size, info.etag]
-                bar.update(1)
-                if done % 256 == 0:  # a killed pod keeps most of its progress
-                    _write_sync_index(index_path, index)
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+    transfers = [
+        (info, partial(store._download, info.uri, root / info.uri[len(base_uri) :],
+                       progress=False, fsync=False))
+        for info in objects
+    ]  # fmt: skip
+    done = parallel_transfers(
+        transfers, workers=SYNC_WORKERS, desc=f"sync {base_uri}", progress=progress
+    )
+    for count, info in enumerate(done, start=1):
+        index[info.uri[len(base_uri) :]] = [info.size, info.etag]
+        if count % 256 == 0:  # a killed pod keeps most of its progress
+            _write_sync_index(index_path, index)
 
 
 def _read_sync_index(path: Path) -> dict[str, list[Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -535,3 +536,39 @@ def test_verify_checkpoint_reads_each_payload_once_until_it_changes(tmp_path, mo
     with pytest.raises(DKDError, match=r"checksum mismatch .* the checkpoint is damaged"):
         verify_checkpoint(str(folder), cache)
     assert not verify_checkpoint(str(tmp_path / "nothing"), cache)
+
+
+def test_parallel_transfers_yield_each_item_and_the_first_failure_cancels_the_rest():
+    import threading
+
+    from dkd_core.storage.transfers import parallel_transfers
+
+    ran = []
+    done = list(
+        parallel_transfers(
+            [(i, lambda i=i: ran.append(i)) for i in range(5)],
+            workers=2, desc="push test", progress=False,
+        )
+    )  # fmt: skip
+    assert sorted(done) == sorted(ran) == [0, 1, 2, 3, 4]
+
+    release = threading.Event()
+
+    def fail():
+        raise OSError("disk gone")
+
+    def slow():
+        release.wait(1)
+
+    started = []
+
+    def quick(i):
+        started.append(i)
+        release.wait(0.05)  # 20 of these take a worker 1 s: the failure is seen long before
+
+    transfers = [("bad", fail), ("slow", slow)] + [(i, partial(quick, i)) for i in range(20)]
+    with pytest.raises(OSError, match="disk gone"):
+        for _ in parallel_transfers(transfers, workers=2, desc="push test", progress=False):
+            pass
+    release.set()
+    assert len(started) < 20  # transfers not yet started when the failure came were cancelled
